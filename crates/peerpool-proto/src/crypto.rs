@@ -89,7 +89,7 @@ impl Nonce {
     }
 
     /// Returns the current value and advances (post-increment, one per chunk).
-    pub fn next(&mut self) -> Nonce {
+    pub fn take_and_increment(&mut self) -> Nonce {
         let current = *self;
         self.increment();
         current
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn nonce_next_is_post_increment() {
         let mut n = Nonce([0; 24]);
-        assert_eq!(n.next(), Nonce([0; 24]));
+        assert_eq!(n.take_and_increment(), Nonce([0; 24]));
         let mut one = [0; 24];
         one[23] = 1;
         assert_eq!(n, Nonce(one));

@@ -8,7 +8,15 @@
 //! - [`crypto`]: keys, channel key, nonces, XSalsa20-Poly1305 seal/open, Blake2b.
 //! - [`identity`]: peer id, proof-of-work target and search, `identity.json`.
 //! - [`point`]: a point (IP address + port) and its text form.
+//! - [`connection_message`]: the cleartext connection message, metadata, Ack/Nack, version selection.
+//! - [`framing`]: encrypted chunks (seal/open, nonce counters) and the message stream decoder.
+//! - [`message`]: the P2P message envelope, control messages, and the application message trait.
+//! - [`handshake`]: the authenticated handshake as a sans-IO state machine.
+pub mod connection_message;
 pub mod crypto;
 pub mod encoding;
+pub mod framing;
+pub mod handshake;
 pub mod identity;
+pub mod message;
 pub mod point;
