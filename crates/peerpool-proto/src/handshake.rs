@@ -214,6 +214,11 @@ impl Handshake {
         self.direction
     }
 
+    /// The peer's id, once its connection message has been read and checked.
+    pub fn remote_peer_id(&self) -> Option<PeerId> {
+        self.remote.as_ref().map(|(peer_id, _)| *peer_id)
+    }
+
     /// Bytes to write to the peer now, if any.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         if self.transmit.is_empty() {

@@ -1,1 +1,13 @@
-pub fn y() {}
+//! The peerpool runtime: tokio tasks, sockets and timers around the pure core
+//! (`peerpool-proto`). This is the API a node embeds.
+//!
+//! # Layout
+//!
+//! - [`socket`]: the handshake over a byte stream (drives the pure handshake machine).
+//! - [`connection`]: one established connection: reader and writer tasks, bounded queues.
+//! - [`node`]: the node: listener, dialer, table of established connections, control
+//!   messages (Bootstrap → Advertise), events.
+
+pub mod connection;
+pub mod node;
+pub mod socket;

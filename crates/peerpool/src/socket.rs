@@ -1,0 +1,156 @@
+//! The handshake and encrypted framing over any byte stream (WIRE.md §2–6): drives the
+//! pure [`Handshake`] machine with real reads and writes.
+//!
+//! [`authenticate`] runs up to the decision step and returns an [`Authenticated`] value;
+//! the caller then [`Authenticated::accept`]s or [`Authenticated::reject`]s. Timeouts are
+//! the caller's (`tokio::time::timeout`), so the whole exchange can be bounded.
+
+use peerpool_proto::connection_message::{ConnectionMessage, ConnectionMetadata, NackMotive, NetworkVersion};
+use peerpool_proto::handshake::{Direction, Handshake, HandshakeConfig, HandshakeError, HandshakeEvent, Session};
+use peerpool_proto::identity::PeerId;
+use peerpool_proto::point::Point;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Why a handshake over a socket failed.
+#[derive(Debug, Error)]
+pub enum SocketError {
+    /// The peer closed the connection, or a read or write failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection before the handshake ended.
+    #[error("connection closed by the peer during the handshake")]
+    ClosedDuringHandshake,
+    /// The handshake protocol failed (bad PoW, bad MAC, Nack, ourselves …).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+impl SocketError {
+    /// Whether the peer's address should be greylisted (BEHAVIOUR.md §1.2).
+    pub fn greylists_peer_address(&self) -> bool {
+        matches!(self, SocketError::Handshake(e) if e.greylists_peer_address())
+    }
+}
+
+/// When each handshake step completed, measured from the start of [`authenticate`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HandshakeTimings {
+    /// The peer's connection message was read and its PoW checked.
+    pub connection_message: Option<Duration>,
+    /// The peer's metadata was read (authenticated).
+    pub metadata: Option<Duration>,
+    /// The peer's Ack (or Nack) was read.
+    pub ack: Option<Duration>,
+}
+
+/// A peer that proved its key and sent its metadata, waiting for our decision.
+#[derive(Debug)]
+pub struct Authenticated<S> {
+    stream: S,
+    handshake: Handshake,
+    started: Instant,
+    /// The step timings so far.
+    pub timings: HandshakeTimings,
+    /// The peer's id.
+    pub peer_id: PeerId,
+    /// The peer's connection message.
+    pub connection_message: ConnectionMessage,
+    /// The peer's metadata.
+    pub metadata: ConnectionMetadata,
+}
+
+/// An established connection: the stream and the session keys.
+#[derive(Debug)]
+pub struct Established<S> {
+    /// The byte stream.
+    pub stream: S,
+    /// Keys, nonces, the peer's details, and bytes already read past the Ack.
+    pub session: Session,
+    /// Step timings.
+    pub timings: HandshakeTimings,
+}
+
+async fn flush_transmit<S: AsyncWrite + Unpin>(stream: &mut S, hs: &mut Handshake) -> Result<(), SocketError> {
+    while let Some(bytes) = hs.poll_transmit() {
+        stream.write_all(&bytes).await?;
+    }
+    stream.flush().await?;
+    Ok(())
+}
+
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, hs: &mut Handshake, buf: &mut [u8]) -> Result<(), SocketError> {
+    let n = stream.read(buf).await?;
+    if n == 0 {
+        return Err(SocketError::ClosedDuringHandshake);
+    }
+    hs.handle_input(&buf[..n])?;
+    Ok(())
+}
+
+/// Runs the handshake until the peer is authenticated: sends our connection message,
+/// reads the peer's, checks its PoW, exchanges metadata, refuses ourselves.
+pub async fn authenticate<S>(mut stream: S, config: HandshakeConfig, direction: Direction, message_nonce: [u8; 24]) -> Result<Authenticated<S>, SocketError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let mut hs = Handshake::new(config, direction, message_nonce)?;
+    let mut timings = HandshakeTimings::default();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        flush_transmit(&mut stream, &mut hs).await?;
+        if let Some(event) = hs.poll_event() {
+            if let HandshakeEvent::Authenticated { peer_id, connection_message, metadata } = event {
+                timings.metadata = Some(started.elapsed());
+                return Ok(Authenticated { stream, handshake: hs, started, timings, peer_id, connection_message, metadata });
+            }
+            continue;
+        }
+        read_some(&mut stream, &mut hs, &mut buf).await?;
+        if timings.connection_message.is_none() && hs.remote_peer_id().is_some() {
+            timings.connection_message = Some(started.elapsed());
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Authenticated<S> {
+    /// The peer's announced listening point (its address with the announced port), if any.
+    pub fn listening_point(&self, peer_addr: std::net::SocketAddr) -> Option<Point> {
+        self.connection_message.port.map(|port| Point::new(peer_addr.ip(), port))
+    }
+
+    /// Sends our Ack and waits for the peer's. Errors with
+    /// [`HandshakeError::RejectedByNack`] (and its referral points) if the peer refuses.
+    pub async fn accept(mut self, version: NetworkVersion) -> Result<Established<S>, SocketError> {
+        self.handshake.accept(version)?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            flush_transmit(&mut self.stream, &mut self.handshake).await?;
+            if let Some(HandshakeEvent::Established) = self.handshake.poll_event() {
+                self.timings.ack = Some(self.started.elapsed());
+                let session = self.handshake.into_session()?;
+                return Ok(Established { stream: self.stream, session, timings: self.timings });
+            }
+            if let Err(e) = read_some(&mut self.stream, &mut self.handshake, &mut buf).await {
+                self.timings.ack = Some(self.started.elapsed());
+                return Err(e);
+            }
+        }
+    }
+
+    /// Sends a Nack (form chosen from the peer's announced p2p version) and closes.
+    pub async fn reject(mut self, motive: NackMotive, points: Vec<Point>) -> Result<(), SocketError> {
+        self.handshake.reject(motive, points)?;
+        flush_transmit(&mut self.stream, &mut self.handshake).await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// The stream, for callers that close it without answering (bans, private mode).
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+}
