@@ -119,6 +119,13 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Whether this is an expected outcome of two nodes dialing each other at once
+    /// (`Already_connected` either way), logged at debug level only.
+    pub fn is_routine(&self) -> bool {
+        matches!(self, ConnectError::RejectedByUs(NackMotive::AlreadyConnected))
+            || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
+    }
+
     /// The Nack motive and points, if the peer refused us.
     pub fn nack(&self) -> Option<(NackMotive, &[Point])> {
         match self {
@@ -461,7 +468,11 @@ async fn welcome<M: AppMessage>(listener: TcpListener, shared: Arc<Shared<M>>) {
 }
 
 fn report_failure<M>(shared: &Shared<M>, remote_addr: SocketAddr, direction: Direction, error: ConnectError) {
-    warn!(%remote_addr, ?direction, error = %error, "handshake failed");
+    if error.is_routine() {
+        debug!(%remote_addr, ?direction, error = %error, "handshake ended");
+    } else {
+        warn!(%remote_addr, ?direction, error = %error, "handshake failed");
+    }
     let _ = shared.events.send(NodeEvent::HandshakeFailed {
         remote_addr,
         direction,
@@ -655,7 +666,11 @@ impl<M: AppMessage> Owner<M> {
                     Ok(peer)
                 }
                 Err(e) => {
-                    warn!(%point, error = %e, "dial failed");
+                    if e.is_routine() {
+                        debug!(%point, error = %e, "dial ended");
+                    } else {
+                        warn!(%point, error = %e, "dial failed");
+                    }
                     let e = Arc::new(e);
                     let _ = shared.events.send(NodeEvent::HandshakeFailed {
                         remote_addr: point.socket_addr(),

@@ -1,0 +1,111 @@
+//! `peerpool node`: a node on a Tezos-family P2P network. Flag names follow octez-node.
+
+use crate::identity_cmd;
+use clap::Args;
+use peerpool::node::{Node, NodeConfig, NodeEvent, NodeHandle};
+use peerpool_proto::identity::{PeerId, PowTarget};
+use peerpool_proto::message::RawMessage;
+use peerpool_proto::point::{parse_point_with_peer_id, Point};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tracing::{error, info};
+
+/// `peerpool node` options.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "[::]:9732")]
+    pub net_addr: SocketAddr,
+    /// A peer to connect to, `addr:port` or `addr:port#peer_id` (repeatable).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(Point, Option<PeerId>)>,
+    /// Chain name announced and required from peers.
+    #[arg(long, default_value = "TEZOS_MAINNET")]
+    pub chain_name: String,
+    /// Proof-of-work difficulty required from peers and for a new identity.
+    #[arg(long, default_value_t = 26.0)]
+    pub expected_pow: f64,
+    /// Data directory (identity.json is created there on first start).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn parse_peer(s: &str) -> Result<(Point, Option<PeerId>), String> {
+    parse_point_with_peer_id(s).map_err(|e| e.to_string())
+}
+
+/// Starts a task that reads every connection's application messages (counting them), so
+/// application queues never stay full in a node that has no application on top.
+pub fn spawn_app_drain(handle: NodeHandle<RawMessage>) -> Arc<AtomicU64> {
+    let received = Arc::new(AtomicU64::new(0));
+    let count = received.clone();
+    let mut events = handle.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::ConnectionEstablished { peer_id, .. }) => {
+                    let conns = handle.connections().await;
+                    if let Some(conn) = conns.into_iter().find(|c| c.info.peer_id == peer_id) {
+                        let count = count.clone();
+                        tokio::spawn(async move {
+                            while conn.recv().await.is_some() {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event subscriber lagged");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    received
+}
+
+/// Runs the node until Ctrl-C.
+pub async fn run(args: NodeArgs) -> ExitCode {
+    let target = match PowTarget::new(args.expected_pow) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let identity = match identity_cmd::load_or_create(&data_dir, &target) {
+        Ok(id) => Arc::new(id),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = NodeConfig::new(identity.clone(), &args.chain_name);
+    config.listen_addr = Some(args.net_addr);
+    config.pow_target = target;
+    let node = match Node::<RawMessage>::start(config).await {
+        Ok(n) => n,
+        Err(e) => {
+            error!(error = %e, "cannot start the node");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = node.handle();
+    info!(peer_id = %identity.peer_id, listen = ?node.local_addr(), chain = %args.chain_name, "node started");
+    spawn_app_drain(handle.clone());
+    for (point, expected) in args.peers {
+        handle.add_peer(point, expected).await;
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        error!(error = %e, "cannot wait for Ctrl-C");
+    }
+    info!("shutting down");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}

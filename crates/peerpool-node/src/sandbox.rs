@@ -1,0 +1,187 @@
+//! `peerpool sandbox`: N nodes in one process on 127.0.0.1 … 127.0.0.N, each with its own
+//! identity (low proof of work), chain `TEZOS`, each dialing `--degree` others, over real
+//! TCP and the real handshake. A live table shows each node's connections and traffic;
+//! at the end (`--duration` or Ctrl-C) a summary, and a non-zero exit if a node ended
+//! with no connection.
+
+use crate::node_cmd::spawn_app_drain;
+use clap::Args;
+use peerpool::node::{Node, NodeConfig, NodeHandle};
+use peerpool_proto::identity::{Identity, PowTarget};
+use peerpool_proto::message::RawMessage;
+use peerpool_proto::point::Point;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `peerpool sandbox` options.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Number of nodes (at most 254: one per 127.0.0.x address).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(2..=254))]
+    pub nodes: u16,
+    /// How long to run, e.g. `20s`, `2m` or `20` (seconds).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Port every node listens on (each on its own 127.0.0.x); 0 picks free ports.
+    #[arg(long, default_value_t = 19732)]
+    pub base_port: u16,
+    /// How many other nodes each node dials.
+    #[arg(long, default_value_t = 3)]
+    pub degree: usize,
+    /// Proof of work of the sandbox identities (and required between them).
+    #[arg(long, default_value_t = 8.0)]
+    pub expected_pow: f64,
+    /// Seed choosing whom each node dials.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Size of the application message each node broadcasts every 500 ms, bytes (0: none).
+    #[arg(long, default_value_t = 1024)]
+    pub traffic: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m)")),
+    };
+    if !(0.0..=1e7).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+struct SandboxNode {
+    addr: SocketAddr,
+    handle: NodeHandle<RawMessage>,
+    received: Arc<AtomicU64>,
+}
+
+/// Runs the sandbox network.
+pub async fn run(args: SandboxArgs) -> ExitCode {
+    let target = match PowTarget::new(args.expected_pow) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let n = args.nodes as usize;
+    eprintln!("starting {n} nodes on 127.0.0.1 … 127.0.0.{n} (chain TEZOS, proof of work {})", args.expected_pow);
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut rng = rand::rng();
+        let identity = Arc::new(Identity::generate(&target, &mut rng));
+        let mut config = NodeConfig::new(identity, "TEZOS");
+        config.listen_addr = Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1)), args.base_port));
+        config.pow_target = target;
+        config.redial_max_delay = Duration::from_secs(5);
+        let node = match Node::<RawMessage>::start(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("error: node {}: {e}", i + 1);
+                return ExitCode::FAILURE;
+            }
+        };
+        let Some(addr) = node.local_addr() else {
+            eprintln!("error: node {} has no listening address", i + 1);
+            return ExitCode::FAILURE;
+        };
+        let handle = node.handle();
+        let received = spawn_app_drain(handle.clone());
+        nodes.push(SandboxNode { addr, handle, received });
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let degree = args.degree.min(n - 1);
+    for i in 0..n {
+        let mut others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
+        others.shuffle(&mut rng);
+        for j in others.into_iter().take(degree) {
+            nodes[i].handle.add_peer(Point::from(nodes[j].addr), Some(nodes[j].handle.peer_id())).await;
+        }
+    }
+    if args.traffic > 0 {
+        for node in &nodes {
+            let handle = node.handle.clone();
+            let body = vec![0x5a; args.traffic];
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    // Tag 0x7f00 is outside the Tezos distributed-db range: sandbox traffic.
+                    handle.broadcast(&RawMessage { tag: 0x7f00, body: body.clone() }).await;
+                }
+            });
+        }
+    }
+    let live = std::io::stdout().is_terminal();
+    let deadline = tokio::time::Instant::now() + args.duration;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if live {
+                    print!("\x1b[2J\x1b[H");
+                    print_table(&nodes, "live").await;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = &mut ctrl_c => break,
+        }
+    }
+    let isolated = print_table(&nodes, "summary").await;
+    for node in &nodes {
+        node.handle.shutdown().await;
+    }
+    if isolated > 0 {
+        eprintln!("{isolated} node(s) ended with no connection");
+        ExitCode::FAILURE
+    } else {
+        println!("every node is connected");
+        ExitCode::SUCCESS
+    }
+}
+
+/// Prints the table and returns how many nodes have no connection.
+async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
+    println!("peerpool sandbox ({title}): {} nodes", nodes.len());
+    println!(
+        "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>8}",
+        "node", "address", "peer id", "conns", "bytes in", "bytes out", "app msgs"
+    );
+    let mut isolated = 0;
+    let mut total = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let stats = node.handle.stats().await;
+        if stats.connections == 0 {
+            isolated += 1;
+        }
+        total += stats.connections;
+        println!(
+            "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>8}",
+            i + 1,
+            node.addr.to_string(),
+            node.handle.peer_id().to_string(),
+            stats.connections,
+            stats.bytes_in,
+            stats.bytes_out,
+            node.received.load(Ordering::Relaxed)
+        );
+    }
+    println!("connections: {} (each counted at both ends), nodes with none: {isolated}", total / 2);
+    isolated
+}
