@@ -69,8 +69,14 @@ pub fn identity_path(data_dir: &Path) -> PathBuf {
 
 /// Loads and checks identity.json (peer id, key pair, PoW ≥ `expected`).
 pub fn load(path: &Path, expected: Option<&PowTarget>) -> Result<Identity, IdentityFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IdentityFileError::Io { path: path.into(), source })?;
-    Identity::from_json(&text, expected).map_err(|source| IdentityFileError::Invalid { path: path.into(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| IdentityFileError::Io {
+        path: path.into(),
+        source,
+    })?;
+    Identity::from_json(&text, expected).map_err(|source| IdentityFileError::Invalid {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes `text` to `path` atomically: temporary file, fsync, rename.
@@ -102,7 +108,9 @@ pub fn generate(target: &PowTarget, progress: bool) -> Identity {
     let attempts = Arc::new(AtomicU64::new(0));
     let found = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Stamp>();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     for _ in 0..threads {
         let (attempts, found, tx, target) = (attempts.clone(), found.clone(), tx.clone(), *target);
         let mut stamp: Stamp = random_bytes(&mut rand::rng());
@@ -120,8 +128,15 @@ pub fn generate(target: &PowTarget, progress: bool) -> Identity {
         });
     }
     drop(tx);
-    let bar = if progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    let bar = if progress {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     let expected = target.expected_attempts();
     let start = Instant::now();
     let stamp = loop {
@@ -145,7 +160,8 @@ pub fn generate(target: &PowTarget, progress: bool) -> Identity {
     };
     bar.finish_and_clear();
     // invariant: the worker threads only stop after sending a stamp.
-    let stamp = stamp.unwrap_or_else(|| unreachable!("proof-of-work workers stopped without a result"));
+    let stamp =
+        stamp.unwrap_or_else(|| unreachable!("proof-of-work workers stopped without a result"));
     Identity::from_parts(secret_key, stamp)
 }
 
@@ -155,10 +171,21 @@ pub fn load_or_create(data_dir: &Path, target: &PowTarget) -> Result<Identity, I
     if path.exists() {
         return load(&path, Some(target));
     }
-    eprintln!("no identity in {}: generating one (proof of work {})", data_dir.display(), target.difficulty());
+    eprintln!(
+        "no identity in {}: generating one (proof of work {})",
+        data_dir.display(),
+        target.difficulty()
+    );
     let identity = generate(target, true);
-    write_atomically(&path, &identity.to_json()).map_err(|source| IdentityFileError::Io { path: path.clone(), source })?;
-    eprintln!("stored new identity {} in {}", identity.peer_id, path.display());
+    write_atomically(&path, &identity.to_json()).map_err(|source| IdentityFileError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    eprintln!(
+        "stored new identity {} in {}",
+        identity.peer_id,
+        path.display()
+    );
     Ok(identity)
 }
 
@@ -170,7 +197,10 @@ fn generate_cmd(expected_pow: f64, data_dir: &Path, force: bool) -> Result<(), I
     }
     let start = Instant::now();
     let identity = generate(&target, true);
-    write_atomically(&path, &identity.to_json()).map_err(|source| IdentityFileError::Io { path: path.clone(), source })?;
+    write_atomically(&path, &identity.to_json()).map_err(|source| IdentityFileError::Io {
+        path: path.clone(),
+        source,
+    })?;
     println!(
         "generated {} (proof of work {} bits) in {:.1} s, stored in {}",
         identity.peer_id,
@@ -184,9 +214,15 @@ fn generate_cmd(expected_pow: f64, data_dir: &Path, force: bool) -> Result<(), I
 /// Runs an identity subcommand.
 pub fn run(command: IdentityCommand) -> ExitCode {
     let result = match command {
-        IdentityCommand::Generate { expected_pow, data_dir, force } => {
-            generate_cmd(expected_pow, &data_dir.unwrap_or_else(crate::default_data_dir), force)
-        }
+        IdentityCommand::Generate {
+            expected_pow,
+            data_dir,
+            force,
+        } => generate_cmd(
+            expected_pow,
+            &data_dir.unwrap_or_else(crate::default_data_dir),
+            force,
+        ),
         IdentityCommand::Show { data_dir } => {
             let path = identity_path(&data_dir.unwrap_or_else(crate::default_data_dir));
             load(&path, None).map(|id| {

@@ -83,7 +83,10 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the probe.
 pub async fn run(args: ProbeArgs) -> ExitCode {
-    let (target, own_target) = match (PowTarget::new(args.expected_pow), PowTarget::new(args.identity_pow)) {
+    let (target, own_target) = match (
+        PowTarget::new(args.expected_pow),
+        PowTarget::new(args.identity_pow),
+    ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -91,13 +94,15 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
         }
     };
     let identity = match &args.data_dir {
-        Some(dir) => match crate::identity_cmd::load(&crate::identity_cmd::identity_path(dir), None) {
-            Ok(id) => id,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+        Some(dir) => {
+            match crate::identity_cmd::load(&crate::identity_cmd::identity_path(dir), None) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         None => crate::identity_cmd::generate(&own_target, false),
     };
     let config = HandshakeConfig {
@@ -108,7 +113,10 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
         pow_target: target,
         chunk_payload_size: MAX_CHUNK_PAYLOAD,
     };
-    let mut report = Report { point: args.point.to_string(), ..Default::default() };
+    let mut report = Report {
+        point: args.point.to_string(),
+        ..Default::default()
+    };
     let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
     let code = match tokio::time::timeout(timeout, probe(&args.point, config, &mut report)).await {
         Ok(code) => code,
@@ -158,7 +166,9 @@ async fn probe(point: &Point, config: HandshakeConfig, report: &mut Report) -> u
     report.connection_message_ms = offset(auth.timings.connection_message);
     report.metadata_ms = offset(auth.timings.metadata);
     // We always answer Ack, to learn the remote's own answer.
-    let version = versions.select(&msg.version).unwrap_or_else(|_| msg.version.clone());
+    let version = versions
+        .select(&msg.version)
+        .unwrap_or_else(|_| msg.version.clone());
     let result = auth.accept(version).await;
     match result {
         Ok(mut established) => {
@@ -209,10 +219,16 @@ fn print_report(r: &Report, json: bool) {
     };
     line("error", r.error.clone());
     line("peer id", r.peer_id.clone());
-    line("proof of work", r.proof_of_work_bits.map(|b| format!("{b} bits")));
+    line(
+        "proof of work",
+        r.proof_of_work_bits.map(|b| format!("{b} bits")),
+    );
     line("listening port", r.listening_port.map(|p| p.to_string()));
     line("chain name", r.chain_name.clone());
-    line("distributed db version", r.distributed_db_version.map(|v| v.to_string()));
+    line(
+        "distributed db version",
+        r.distributed_db_version.map(|v| v.to_string()),
+    );
     line("p2p version", r.p2p_version.map(|v| v.to_string()));
     line("disable mempool", r.disable_mempool.map(|v| v.to_string()));
     line("private node", r.private_node.map(|v| v.to_string()));
@@ -221,7 +237,10 @@ fn print_report(r: &Report, json: bool) {
         line("nack points", Some(r.nack_points.join(", ")));
     }
     line("tcp connect", r.tcp_connect_ms.map(|v| format!("{v} ms")));
-    line("connection message", r.connection_message_ms.map(|v| format!("{v} ms")));
+    line(
+        "connection message",
+        r.connection_message_ms.map(|v| format!("{v} ms")),
+    );
     line("metadata", r.metadata_ms.map(|v| format!("{v} ms")));
     line("ack", r.ack_ms.map(|v| format!("{v} ms")));
     line("total", r.total_ms.map(|v| format!("{v} ms")));

@@ -50,7 +50,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -79,13 +82,19 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
         }
     };
     let n = args.nodes as usize;
-    eprintln!("starting {n} nodes on 127.0.0.1 … 127.0.0.{n} (chain TEZOS, proof of work {})", args.expected_pow);
+    eprintln!(
+        "starting {n} nodes on 127.0.0.1 … 127.0.0.{n} (chain TEZOS, proof of work {})",
+        args.expected_pow
+    );
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
         let mut rng = rand::rng();
         let identity = Arc::new(Identity::generate(&target, &mut rng));
         let mut config = NodeConfig::new(identity, "TEZOS");
-        config.listen_addr = Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1)), args.base_port));
+        config.listen_addr = Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1)),
+            args.base_port,
+        ));
         config.pow_target = target;
         config.redial_max_delay = Duration::from_secs(5);
         let node = match Node::<RawMessage>::start(config).await {
@@ -101,7 +110,11 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
         };
         let handle = node.handle();
         let received = spawn_app_drain(handle.clone());
-        nodes.push(SandboxNode { addr, handle, received });
+        nodes.push(SandboxNode {
+            addr,
+            handle,
+            received,
+        });
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let degree = args.degree.min(n - 1);
@@ -109,7 +122,10 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
         let mut others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
         others.shuffle(&mut rng);
         for j in others.into_iter().take(degree) {
-            nodes[i].handle.add_peer(Point::from(nodes[j].addr), Some(nodes[j].handle.peer_id())).await;
+            nodes[i]
+                .handle
+                .add_peer(Point::from(nodes[j].addr), Some(nodes[j].handle.peer_id()))
+                .await;
         }
     }
     if args.traffic > 0 {
@@ -121,7 +137,12 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
                 loop {
                     tick.tick().await;
                     // Tag 0x7f00 is outside the Tezos distributed-db range: sandbox traffic.
-                    handle.broadcast(&RawMessage { tag: 0x7f00, body: body.clone() }).await;
+                    handle
+                        .broadcast(&RawMessage {
+                            tag: 0x7f00,
+                            body: body.clone(),
+                        })
+                        .await;
                 }
             });
         }
@@ -182,6 +203,9 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
             node.received.load(Ordering::Relaxed)
         );
     }
-    println!("connections: {} (each counted at both ends), nodes with none: {isolated}", total / 2);
+    println!(
+        "connections: {} (each counted at both ends), nodes with none: {isolated}",
+        total / 2
+    );
     isolated
 }

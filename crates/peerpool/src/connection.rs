@@ -271,7 +271,9 @@ where
     M: AppMessage,
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let Established { stream, session, .. } = established;
+    let Established {
+        stream, session, ..
+    } = established;
     let (read_half, write_half) = tokio::io::split(stream);
     let stats = Arc::new(ConnectionStats::default());
     let (control_tx, control_rx) = mpsc::channel(queues.outgoing_control_messages.max(1));
@@ -348,7 +350,9 @@ async fn writer_task<M: AppMessage, W: AsyncWrite + Unpin>(
             record(&close_tx, CloseReason::Io(e.to_string()));
             return;
         }
-        stats.bytes_out.fetch_add(wire.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_out
+            .fetch_add(wire.len() as u64, Ordering::Relaxed);
         stats.messages_out.fetch_add(count, Ordering::Relaxed);
     }
     // Closing: flush queued control messages, then say Disconnect unless the peer did.
@@ -361,7 +365,9 @@ async fn writer_task<M: AppMessage, W: AsyncWrite + Unpin>(
         sealer.seal_message(&P2pMessage::<M>::Disconnect.to_bytes(), &mut wire);
     }
     if !wire.is_empty() && out.write_all(&wire).await.is_ok() {
-        stats.bytes_out.fetch_add(wire.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_out
+            .fetch_add(wire.len() as u64, Ordering::Relaxed);
     }
     let _ = out.shutdown().await;
 }
@@ -414,7 +420,9 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
         let mut header = [0u8; 2];
         match input.read_exact(&mut header).await {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Some(CloseReason::Eof),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Some(CloseReason::Eof)
+            }
             Err(e) => return Some(CloseReason::Io(e.to_string())),
         }
         let len = match ChunkOpener::chunk_len(header) {
@@ -424,7 +432,9 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
         chunk.resize(len, 0);
         match input.read_exact(&mut chunk).await {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Some(CloseReason::Eof),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Some(CloseReason::Eof)
+            }
             Err(e) => return Some(CloseReason::Io(e.to_string())),
         }
         stats.bytes_in.fetch_add(2 + len as u64, Ordering::Relaxed);

@@ -6,7 +6,10 @@
 //! (points and peers with their state machines, ACL, GC) comes in its own module; this
 //! table is the minimal one the wire-compatible node needs.
 
-use crate::connection::{self, CloseReason, ConnectionHandle, ConnectionInfo, ConnectionNotice, ControlMessage, QueueConfig};
+use crate::connection::{
+    self, CloseReason, ConnectionHandle, ConnectionInfo, ConnectionNotice, ControlMessage,
+    QueueConfig,
+};
 use crate::socket::{self, SocketError};
 use peerpool_proto::connection_message::{ConnectionMetadata, NackMotive, SupportedVersions};
 use peerpool_proto::framing::MAX_CHUNK_PAYLOAD;
@@ -122,16 +125,19 @@ impl ConnectError {
     /// Whether this is an expected outcome of two nodes dialing each other at once
     /// (`Already_connected` either way), logged at debug level only.
     pub fn is_routine(&self) -> bool {
-        matches!(self, ConnectError::RejectedByUs(NackMotive::AlreadyConnected))
-            || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
+        matches!(
+            self,
+            ConnectError::RejectedByUs(NackMotive::AlreadyConnected)
+        ) || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
     }
 
     /// The Nack motive and points, if the peer refused us.
     pub fn nack(&self) -> Option<(NackMotive, &[Point])> {
         match self {
-            ConnectError::Handshake(SocketError::Handshake(HandshakeError::RejectedByNack { motive, points })) => {
-                Some((*motive, points))
-            }
+            ConnectError::Handshake(SocketError::Handshake(HandshakeError::RejectedByNack {
+                motive,
+                points,
+            })) => Some((*motive, points)),
             _ => None,
         }
     }
@@ -266,7 +272,9 @@ impl<M> Clone for NodeHandle<M> {
 
 impl<M> std::fmt::Debug for NodeHandle<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeHandle").field("peer_id", &self.peer_id).finish()
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .finish()
     }
 }
 
@@ -284,31 +292,48 @@ impl<M: AppMessage> NodeHandle<M> {
 
     /// Dials `point` once and waits for the outcome: the peer's id once established.
     /// `expected` checks the peer's identity (`addr:port#peer_id`).
-    pub async fn connect(&self, point: Point, expected: Option<PeerId>) -> Result<PeerId, ConnectError> {
-        self.ask(|reply| Command::Connect { point, expected, reply })
-            .await
-            .unwrap_or(Err(ConnectError::NodeStopped))
+    pub async fn connect(
+        &self,
+        point: Point,
+        expected: Option<PeerId>,
+    ) -> Result<PeerId, ConnectError> {
+        self.ask(|reply| Command::Connect {
+            point,
+            expected,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(ConnectError::NodeStopped))
     }
 
     /// Adds a persistent peer: dialed now and redialed with backoff whenever it is not
     /// connected.
     pub async fn add_peer(&self, point: Point, expected: Option<PeerId>) {
-        let _ = self.commands.send(Command::AddPeer { point, expected }).await;
+        let _ = self
+            .commands
+            .send(Command::AddPeer { point, expected })
+            .await;
     }
 
     /// The established connections.
     pub async fn connections(&self) -> Vec<ConnectionHandle<M>> {
-        self.ask(|reply| Command::Connections { reply }).await.unwrap_or_default()
+        self.ask(|reply| Command::Connections { reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// The points this node knows (from its peers, Advertise and Nack).
     pub async fn known_points(&self) -> Vec<Point> {
-        self.ask(|reply| Command::KnownPoints { reply }).await.unwrap_or_default()
+        self.ask(|reply| Command::KnownPoints { reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Connection count and byte totals.
     pub async fn stats(&self) -> NodeStats {
-        self.ask(|reply| Command::Stats { reply }).await.unwrap_or_default()
+        self.ask(|reply| Command::Stats { reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// A new subscription to node events (bounded; a slow subscriber misses events and
@@ -370,7 +395,9 @@ pub struct Node<M> {
 
 impl<M> std::fmt::Debug for Node<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("local_addr", &self.local_addr).finish()
+        f.debug_struct("Node")
+            .field("local_addr", &self.local_addr)
+            .finish()
     }
 }
 
@@ -380,7 +407,11 @@ impl<M: AppMessage> Node<M> {
     /// Errors with [`NodeError::Bind`] when the address cannot be bound.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         let listener = match config.listen_addr {
-            Some(addr) => Some(bind(addr).await.map_err(|source| NodeError::Bind { addr, source })?),
+            Some(addr) => Some(
+                bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?,
+            ),
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -431,7 +462,11 @@ impl<M: AppMessage> Node<M> {
 }
 
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
@@ -457,7 +492,11 @@ async fn welcome<M: AppMessage>(listener: TcpListener, shared: Arc<Shared<M>>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let timeout = shared.config.authentication_timeout;
-            let result = tokio::time::timeout(timeout, handshake(stream, remote_addr, Direction::Incoming, None, &shared)).await;
+            let result = tokio::time::timeout(
+                timeout,
+                handshake(stream, remote_addr, Direction::Incoming, None, &shared),
+            )
+            .await;
             drop(permit);
             let result = result.unwrap_or(Err(ConnectError::Timeout(timeout)));
             if let Err(e) = result {
@@ -467,7 +506,12 @@ async fn welcome<M: AppMessage>(listener: TcpListener, shared: Arc<Shared<M>>) {
     }
 }
 
-fn report_failure<M>(shared: &Shared<M>, remote_addr: SocketAddr, direction: Direction, error: ConnectError) {
+fn report_failure<M>(
+    shared: &Shared<M>,
+    remote_addr: SocketAddr,
+    direction: Direction,
+    error: ConnectError,
+) {
     if error.is_routine() {
         debug!(%remote_addr, ?direction, error = %error, "handshake ended");
     } else {
@@ -490,7 +534,9 @@ struct AdmitGuard<M> {
 impl<M> Drop for AdmitGuard<M> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.commands.try_send(Command::AdmitCancelled { peer_id: self.peer_id });
+            let _ = self.commands.try_send(Command::AdmitCancelled {
+                peer_id: self.peer_id,
+            });
         }
     }
 }
@@ -510,14 +556,20 @@ async fn handshake<M: AppMessage>(
     let peer_id = auth.peer_id;
     if let Some(expected) = expected.filter(|e| *e != peer_id) {
         drop(auth.into_stream());
-        return Err(ConnectError::UnexpectedPeer { expected, actual: peer_id });
+        return Err(ConnectError::UnexpectedPeer {
+            expected,
+            actual: peer_id,
+        });
     }
     let announced = auth.connection_message.version.clone();
     let version = match shared.config.versions.select(&announced) {
         Ok(v) => v,
         Err(motive) => {
             let (tx, rx) = oneshot::channel();
-            let _ = shared.commands.send(Command::NackPoints { reply: tx }).await;
+            let _ = shared
+                .commands
+                .send(Command::NackPoints { reply: tx })
+                .await;
             let points = rx.await.unwrap_or_default();
             auth.reject(motive, points).await?;
             return Err(ConnectError::RejectedByUs(motive));
@@ -526,14 +578,22 @@ async fn handshake<M: AppMessage>(
     let (tx, rx) = oneshot::channel();
     shared
         .commands
-        .send(Command::Admit { peer_id, direction, reply: tx })
+        .send(Command::Admit {
+            peer_id,
+            direction,
+            reply: tx,
+        })
         .await
         .map_err(|_| ConnectError::NodeStopped)?;
     if let Err((motive, points)) = rx.await.map_err(|_| ConnectError::NodeStopped)? {
         auth.reject(motive, points).await?;
         return Err(ConnectError::RejectedByUs(motive));
     }
-    let mut guard = AdmitGuard { commands: shared.commands.clone(), peer_id, armed: true };
+    let mut guard = AdmitGuard {
+        commands: shared.commands.clone(),
+        peer_id,
+        armed: true,
+    };
     let listening_point = auth.listening_point(remote_addr);
     let metadata = auth.metadata;
     let established = auth.accept(version.clone()).await?;
@@ -547,7 +607,12 @@ async fn handshake<M: AppMessage>(
         announced_version: announced,
         metadata,
     };
-    let connection = connection::spawn::<M, _>(established, info, shared.config.queues, shared.notices.clone());
+    let connection = connection::spawn::<M, _>(
+        established,
+        info,
+        shared.config.queues,
+        shared.notices.clone(),
+    );
     guard.armed = false;
     shared
         .commands
@@ -558,13 +623,24 @@ async fn handshake<M: AppMessage>(
 }
 
 /// Dials `point` (from our listening IP when we have one) under `connection_timeout`.
-async fn dial<M: AppMessage>(point: Point, expected: Option<PeerId>, shared: Arc<Shared<M>>) -> Result<PeerId, ConnectError> {
+async fn dial<M: AppMessage>(
+    point: Point,
+    expected: Option<PeerId>,
+    shared: Arc<Shared<M>>,
+) -> Result<PeerId, ConnectError> {
     let timeout = shared.config.connection_timeout;
     let attempt = async {
         let addr = point.socket_addr();
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(ConnectError::Connect)?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(ConnectError::Connect)?;
         if let Some(ip) = shared.local_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-            socket.bind(SocketAddr::new(ip, 0)).map_err(ConnectError::Connect)?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(ConnectError::Connect)?;
         }
         let stream = socket.connect(addr).await.map_err(ConnectError::Connect)?;
         handshake(stream, addr, Direction::Outgoing, expected, &shared).await
@@ -625,7 +701,10 @@ impl<M: AppMessage> Owner<M> {
     }
 
     fn add_known(&mut self, point: Point) -> bool {
-        if Some(point) == self.own_point || point.port() == 0 || self.known_points.len() >= self.shared.config.max_known_points {
+        if Some(point) == self.own_point
+            || point.port() == 0
+            || self.known_points.len() >= self.shared.config.max_known_points
+        {
             return false;
         }
         self.known_points.insert(point)
@@ -648,12 +727,17 @@ impl<M: AppMessage> Owner<M> {
     }
 
     fn is_point_connected(&self, point: &Point) -> bool {
-        self.point_peer
-            .get(point)
-            .is_some_and(|peer| self.connections.contains_key(peer) || self.admitted.contains_key(peer))
+        self.point_peer.get(point).is_some_and(|peer| {
+            self.connections.contains_key(peer) || self.admitted.contains_key(peer)
+        })
     }
 
-    fn start_dial(&mut self, point: Point, expected: Option<PeerId>, reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>) {
+    fn start_dial(
+        &mut self,
+        point: Point,
+        expected: Option<PeerId>,
+        reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>,
+    ) {
         let shared = self.shared.clone();
         let commands = self.shared.commands.clone();
         tokio::spawn(async move {
@@ -683,27 +767,47 @@ impl<M: AppMessage> Owner<M> {
                     Err(e)
                 }
             };
-            let _ = commands.send(Command::DialEnded { point, result: for_owner }).await;
+            let _ = commands
+                .send(Command::DialEnded {
+                    point,
+                    result: for_owner,
+                })
+                .await;
         });
     }
 
     fn handle_command(&mut self, cmd: Command<M>) {
         match cmd {
-            Command::Connect { point, expected, reply } => self.start_dial(point, expected, Some(reply)),
+            Command::Connect {
+                point,
+                expected,
+                reply,
+            } => self.start_dial(point, expected, Some(reply)),
             Command::AddPeer { point, expected } => {
                 self.add_known(point);
                 self.persistent.insert(
                     point,
-                    Persistent { expected, delay: self.shared.config.redial_initial_delay, next_attempt: Instant::now(), dialing: false },
+                    Persistent {
+                        expected,
+                        delay: self.shared.config.redial_initial_delay,
+                        next_attempt: Instant::now(),
+                        dialing: false,
+                    },
                 );
                 self.redial();
             }
-            Command::Admit { peer_id, direction, reply } => {
-                let decision = if self.connections.contains_key(&peer_id) {
+            Command::Admit {
+                peer_id,
+                direction,
+                reply,
+            } => {
+                let decision = if self.connections.contains_key(&peer_id)
+                    || (self.admitted.contains_key(&peer_id) && !self.wins_tie(peer_id, direction))
+                {
                     Err(NackMotive::AlreadyConnected)
-                } else if self.admitted.contains_key(&peer_id) && !self.wins_tie(peer_id, direction) {
-                    Err(NackMotive::AlreadyConnected)
-                } else if self.connections.len() + self.admitted.values().sum::<usize>() >= self.shared.config.max_connections {
+                } else if self.connections.len() + self.admitted.values().sum::<usize>()
+                    >= self.shared.config.max_connections
+                {
                     Err(NackMotive::TooManyConnections)
                 } else {
                     Ok(())
@@ -724,33 +828,25 @@ impl<M: AppMessage> Owner<M> {
             }
             Command::Established { connection } => self.established(connection),
             Command::DialEnded { point, result } => {
-                if let Ok(peer) = &result {
-                    self.point_peer.insert(point, *peer);
-                }
-                let initial = self.shared.config.redial_initial_delay;
-                let max = self.shared.config.redial_max_delay;
-                if let Some(p) = self.persistent.get_mut(&point) {
-                    p.dialing = false;
-                    match &result {
-                        Ok(_) => p.delay = initial,
-                        Err(e) => {
-                            if let Some((_, points)) = e.nack() {
-                                let points = points.to_vec();
-                                for q in points {
-                                    self.add_known(q);
-                                }
-                            }
-                            if let Some(p) = self.persistent.get_mut(&point) {
-                                p.next_attempt = Instant::now() + p.delay;
-                                p.delay = p.delay.mul_f64(1.2).min(max);
-                            }
+                match &result {
+                    Ok(peer) => {
+                        self.point_peer.insert(point, *peer);
+                    }
+                    Err(e) => {
+                        // A Nack's referral points are worth knowing (BEHAVIOUR.md §1.2).
+                        for q in e.nack().map(|(_, points)| points).unwrap_or_default() {
+                            self.add_known(*q);
                         }
                     }
-                } else if let Err(e) = &result {
-                    if let Some((_, points)) = e.nack() {
-                        for q in points.to_vec() {
-                            self.add_known(q);
-                        }
+                }
+                let config = &self.shared.config;
+                if let Some(p) = self.persistent.get_mut(&point) {
+                    p.dialing = false;
+                    if result.is_ok() {
+                        p.delay = config.redial_initial_delay;
+                    } else {
+                        p.next_attempt = Instant::now() + p.delay;
+                        p.delay = p.delay.mul_f64(1.2).min(config.redial_max_delay);
                     }
                 }
             }
@@ -766,7 +862,11 @@ impl<M: AppMessage> Owner<M> {
                     bytes_in += c.stats.bytes_in.load(Ordering::Relaxed);
                     bytes_out += c.stats.bytes_out.load(Ordering::Relaxed);
                 }
-                let _ = reply.send(NodeStats { connections: self.connections.len(), bytes_in, bytes_out });
+                let _ = reply.send(NodeStats {
+                    connections: self.connections.len(),
+                    bytes_in,
+                    bytes_out,
+                });
             }
             Command::Shutdown { .. } => {}
         }
@@ -776,7 +876,11 @@ impl<M: AppMessage> Owner<M> {
     /// peer id wins; both sides compute the same answer.
     fn wins_tie(&self, peer_id: PeerId, direction: Direction) -> bool {
         let ours = self.shared.config.identity.peer_id;
-        let dialer = if direction == Direction::Outgoing { ours } else { peer_id };
+        let dialer = if direction == Direction::Outgoing {
+            ours
+        } else {
+            peer_id
+        };
         dialer == ours.min(peer_id)
     }
 
@@ -815,7 +919,11 @@ impl<M: AppMessage> Owner<M> {
 
     fn handle_notice(&mut self, notice: ConnectionNotice) {
         match notice {
-            ConnectionNotice::Closed { id, peer_id, reason } => {
+            ConnectionNotice::Closed {
+                id,
+                peer_id,
+                reason,
+            } => {
                 let Some(conn) = self.connections.get(&peer_id).filter(|c| c.info.id == id) else {
                     return;
                 };
@@ -829,8 +937,14 @@ impl<M: AppMessage> Owner<M> {
                 }
                 self.emit(NodeEvent::ConnectionClosed { peer_id, reason });
             }
-            ConnectionNotice::Control { id: _, peer_id, message } => {
-                let Some(conn) = self.connections.get(&peer_id) else { return };
+            ConnectionNotice::Control {
+                id: _,
+                peer_id,
+                message,
+            } => {
+                let Some(conn) = self.connections.get(&peer_id) else {
+                    return;
+                };
                 match message {
                     ControlMessage::Bootstrap => {
                         if conn.info.metadata.private_node {
@@ -861,7 +975,9 @@ impl<M: AppMessage> Owner<M> {
         let due: Vec<(Point, Option<PeerId>)> = self
             .persistent
             .iter()
-            .filter(|(point, p)| !p.dialing && p.next_attempt <= now && !self.is_point_connected(point))
+            .filter(|(point, p)| {
+                !p.dialing && p.next_attempt <= now && !self.is_point_connected(point)
+            })
             .map(|(point, p)| (*point, p.expected))
             .collect();
         for (point, expected) in due {
@@ -889,12 +1005,23 @@ impl<M: AppMessage> Owner<M> {
 /// A copy of a connect error for a second receiver (io errors keep their kind and text).
 fn clone_error(e: &ConnectError) -> ConnectError {
     match e {
-        ConnectError::Connect(io) => ConnectError::Connect(std::io::Error::new(io.kind(), io.to_string())),
+        ConnectError::Connect(io) => {
+            ConnectError::Connect(std::io::Error::new(io.kind(), io.to_string()))
+        }
         ConnectError::Timeout(d) => ConnectError::Timeout(*d),
-        ConnectError::Handshake(SocketError::Io(io)) => ConnectError::Handshake(SocketError::Io(std::io::Error::new(io.kind(), io.to_string()))),
-        ConnectError::Handshake(SocketError::ClosedDuringHandshake) => ConnectError::Handshake(SocketError::ClosedDuringHandshake),
-        ConnectError::Handshake(SocketError::Handshake(h)) => ConnectError::Handshake(SocketError::Handshake(h.clone())),
-        ConnectError::UnexpectedPeer { expected, actual } => ConnectError::UnexpectedPeer { expected: *expected, actual: *actual },
+        ConnectError::Handshake(SocketError::Io(io)) => ConnectError::Handshake(SocketError::Io(
+            std::io::Error::new(io.kind(), io.to_string()),
+        )),
+        ConnectError::Handshake(SocketError::ClosedDuringHandshake) => {
+            ConnectError::Handshake(SocketError::ClosedDuringHandshake)
+        }
+        ConnectError::Handshake(SocketError::Handshake(h)) => {
+            ConnectError::Handshake(SocketError::Handshake(h.clone()))
+        }
+        ConnectError::UnexpectedPeer { expected, actual } => ConnectError::UnexpectedPeer {
+            expected: *expected,
+            actual: *actual,
+        },
         ConnectError::RejectedByUs(m) => ConnectError::RejectedByUs(*m),
         ConnectError::NodeStopped => ConnectError::NodeStopped,
     }

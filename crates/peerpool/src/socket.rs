@@ -5,8 +5,12 @@
 //! the caller then [`Authenticated::accept`]s or [`Authenticated::reject`]s. Timeouts are
 //! the caller's (`tokio::time::timeout`), so the whole exchange can be bounded.
 
-use peerpool_proto::connection_message::{ConnectionMessage, ConnectionMetadata, NackMotive, NetworkVersion};
-use peerpool_proto::handshake::{Direction, Handshake, HandshakeConfig, HandshakeError, HandshakeEvent, Session};
+use peerpool_proto::connection_message::{
+    ConnectionMessage, ConnectionMetadata, NackMotive, NetworkVersion,
+};
+use peerpool_proto::handshake::{
+    Direction, Handshake, HandshakeConfig, HandshakeError, HandshakeEvent, Session,
+};
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::point::Point;
 use std::time::Duration;
@@ -73,7 +77,10 @@ pub struct Established<S> {
     pub timings: HandshakeTimings,
 }
 
-async fn flush_transmit<S: AsyncWrite + Unpin>(stream: &mut S, hs: &mut Handshake) -> Result<(), SocketError> {
+async fn flush_transmit<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    hs: &mut Handshake,
+) -> Result<(), SocketError> {
     while let Some(bytes) = hs.poll_transmit() {
         stream.write_all(&bytes).await?;
     }
@@ -81,7 +88,11 @@ async fn flush_transmit<S: AsyncWrite + Unpin>(stream: &mut S, hs: &mut Handshak
     Ok(())
 }
 
-async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, hs: &mut Handshake, buf: &mut [u8]) -> Result<(), SocketError> {
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    hs: &mut Handshake,
+    buf: &mut [u8],
+) -> Result<(), SocketError> {
     let n = stream.read(buf).await?;
     if n == 0 {
         return Err(SocketError::ClosedDuringHandshake);
@@ -92,7 +103,12 @@ async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, hs: &mut Handshake, buf
 
 /// Runs the handshake until the peer is authenticated: sends our connection message,
 /// reads the peer's, checks its PoW, exchanges metadata, refuses ourselves.
-pub async fn authenticate<S>(mut stream: S, config: HandshakeConfig, direction: Direction, message_nonce: [u8; 24]) -> Result<Authenticated<S>, SocketError>
+pub async fn authenticate<S>(
+    mut stream: S,
+    config: HandshakeConfig,
+    direction: Direction,
+    message_nonce: [u8; 24],
+) -> Result<Authenticated<S>, SocketError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -103,9 +119,22 @@ where
     loop {
         flush_transmit(&mut stream, &mut hs).await?;
         if let Some(event) = hs.poll_event() {
-            if let HandshakeEvent::Authenticated { peer_id, connection_message, metadata } = event {
+            if let HandshakeEvent::Authenticated {
+                peer_id,
+                connection_message,
+                metadata,
+            } = event
+            {
                 timings.metadata = Some(started.elapsed());
-                return Ok(Authenticated { stream, handshake: hs, started, timings, peer_id, connection_message, metadata });
+                return Ok(Authenticated {
+                    stream,
+                    handshake: hs,
+                    started,
+                    timings,
+                    peer_id,
+                    connection_message,
+                    metadata,
+                });
             }
             continue;
         }
@@ -119,7 +148,9 @@ where
 impl<S: AsyncRead + AsyncWrite + Unpin> Authenticated<S> {
     /// The peer's announced listening point (its address with the announced port), if any.
     pub fn listening_point(&self, peer_addr: std::net::SocketAddr) -> Option<Point> {
-        self.connection_message.port.map(|port| Point::new(peer_addr.ip(), port))
+        self.connection_message
+            .port
+            .map(|port| Point::new(peer_addr.ip(), port))
     }
 
     /// Sends our Ack and waits for the peer's. Errors with
@@ -132,7 +163,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Authenticated<S> {
             if let Some(HandshakeEvent::Established) = self.handshake.poll_event() {
                 self.timings.ack = Some(self.started.elapsed());
                 let session = self.handshake.into_session()?;
-                return Ok(Established { stream: self.stream, session, timings: self.timings });
+                return Ok(Established {
+                    stream: self.stream,
+                    session,
+                    timings: self.timings,
+                });
             }
             if let Err(e) = read_some(&mut self.stream, &mut self.handshake, &mut buf).await {
                 self.timings.ack = Some(self.started.elapsed());
@@ -142,7 +177,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Authenticated<S> {
     }
 
     /// Sends a Nack (form chosen from the peer's announced p2p version) and closes.
-    pub async fn reject(mut self, motive: NackMotive, points: Vec<Point>) -> Result<(), SocketError> {
+    pub async fn reject(
+        mut self,
+        motive: NackMotive,
+        points: Vec<Point>,
+    ) -> Result<(), SocketError> {
         self.handshake.reject(motive, points)?;
         flush_transmit(&mut self.stream, &mut self.handshake).await?;
         let _ = self.stream.shutdown().await;

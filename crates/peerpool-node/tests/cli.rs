@@ -1,0 +1,243 @@
+//! The `peerpool` binary end to end: identity tool, probe exit codes, sandbox.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn peerpool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peerpool"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peerpool-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn identity_generate_then_show() {
+    let dir = temp_dir("identity");
+    let d = dir.to_str().unwrap();
+    let out = peerpool(&[
+        "identity",
+        "generate",
+        "--expected-pow",
+        "10.5",
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("identity.json")).unwrap()).unwrap();
+    for field in ["peer_id", "public_key", "secret_key", "proof_of_work_stamp"] {
+        assert!(json[field].is_string(), "{field} missing");
+    }
+    let show = peerpool(&["identity", "show", "--data-dir", d]);
+    assert!(show.status.success());
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains(json["peer_id"].as_str().unwrap()), "{shown}");
+    let bits: u32 = shown
+        .split("proof_of_work: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bits >= 10, "{bits}");
+    // Not overwritten without --force.
+    let again = peerpool(&[
+        "identity",
+        "generate",
+        "--expected-pow",
+        "1",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"));
+}
+
+#[test]
+fn broken_identity_files_give_clear_errors() {
+    let dir = temp_dir("broken");
+    let d = dir.to_str().unwrap();
+    let path = dir.join("identity.json");
+    // A vector identity with 2 bits of proof of work, its peer id altered.
+    let good = r#"{"peer_id":"idtqxHUjbjbCfaDn4jczoPGsnhacKX","public_key":"a072c7b3e477142689cadee638078b377df5e5793e3cea529d0b718cde59f212","secret_key":"d37c77a8643c7f7fce9219e9769ed4dd23bc542265da47a64a2613bd199ad74e","proof_of_work_stamp":"0cfe810d9b4591f0f50721b6811f2981a4274e9d0593bbd0"}"#;
+    for (content, expected) in [
+        ("{not json", "not valid JSON"),
+        (
+            &good.replace(
+                "idtqxHUjbjbCfaDn4jczoPGsnhacKX",
+                "idqjq34sB6uHWdFzJDB97zwXAdHASb",
+            )[..],
+            "does not match the public key",
+        ),
+        (
+            &good.replace("d37c77a8", "e37c77a8")[..],
+            "secret_key does not match",
+        ),
+        (
+            &good.replace("\"0cfe810d", "\"0cfe")[..],
+            "not 24 bytes of hex",
+        ),
+    ] {
+        std::fs::write(&path, content).unwrap();
+        let out = peerpool(&["identity", "show", "--data-dir", d]);
+        assert!(!out.status.success());
+        assert!(text(&out).contains(expected), "{content}: {}", text(&out));
+    }
+    // PoW below what the node expects: the node refuses to start.
+    std::fs::write(&path, good).unwrap();
+    let out = peerpool(&[
+        "node",
+        "--data-dir",
+        d,
+        "--expected-pow",
+        "20",
+        "--net-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("below the expected level 20"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn probe_exit_codes() {
+    // Refused: nothing listens on a port we just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = peerpool(&["probe", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    // Timed out: a listener that never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = peerpool(&[
+        "probe",
+        &silent.local_addr().unwrap().to_string(),
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+    // Protocol error: a listener that closes at once.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closer.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let (s, _) = closer.accept().unwrap();
+        drop(s);
+    });
+    let out = peerpool(&["probe", &addr]);
+    t.join().unwrap();
+    assert_eq!(out.status.code(), Some(13), "{}", text(&out));
+}
+
+#[test]
+fn probe_against_a_node_reports_ack_then_nack() {
+    let dir = temp_dir("probe-node");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_peerpool"))
+        .args([
+            "node",
+            "--net-addr",
+            &addr,
+            "--expected-pow",
+            "2",
+            "--chain-name",
+            "TEZOS",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The node logs "node started" once it listens.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stderr.take().unwrap()));
+    let up = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("node started"));
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(up, "node did not start");
+    let out = peerpool(&[
+        "probe",
+        &addr,
+        "--chain-name",
+        "TEZOS",
+        "--expected-pow",
+        "2",
+        "--identity-pow",
+        "4",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report["outcome"], "ack");
+    assert_eq!(report["chain_name"], "TEZOS");
+    assert_eq!(report["p2p_version"], 1);
+    assert!(report["peer_id"].as_str().unwrap().starts_with("id"));
+    assert!(report["ack_ms"].is_number());
+    let out = peerpool(&[
+        "probe",
+        &addr,
+        "--chain-name",
+        "ELSEWHERE",
+        "--expected-pow",
+        "2",
+        "--identity-pow",
+        "4",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out));
+    assert_eq!(report["outcome"], "nack");
+    assert!(report["nack_motive"]
+        .as_str()
+        .unwrap()
+        .contains("unknown chain name"));
+    let _ = node.kill();
+    let _ = node.wait();
+}
+
+#[test]
+fn sandbox_ends_with_every_node_connected() {
+    let out = peerpool(&[
+        "sandbox",
+        "--nodes",
+        "6",
+        "--duration",
+        "3s",
+        "--base-port",
+        "0",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nodes with none: 0"), "{t}");
+    assert!(t.contains("127.0.0.6:"), "{t}");
+}

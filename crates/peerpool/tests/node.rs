@@ -1,0 +1,282 @@
+//! Real nodes over loopback TCP: handshake, messages, Nack, Bootstrap → Advertise.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use peerpool::connection::CloseReason;
+use peerpool::node::{ConnectError, NodeEvent};
+use peerpool::socket::SocketError;
+use peerpool_proto::connection_message::{NackMotive, SupportedVersions};
+use peerpool_proto::handshake::{Direction, HandshakeError};
+use peerpool_proto::point::Point;
+
+#[tokio::test]
+async fn two_nodes_handshake_and_exchange_messages_both_ways() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.1")).await;
+    let mut b_events = b.handle.subscribe();
+    let peer = a
+        .handle
+        .connect(Point::from(b.addr), Some(b.handle.peer_id()))
+        .await
+        .unwrap();
+    assert_eq!(peer, b.handle.peer_id());
+    let (who, dir) = wait_for(&mut b_events, |e| match e {
+        NodeEvent::ConnectionEstablished {
+            peer_id, direction, ..
+        } => Some((*peer_id, *direction)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((who, dir), (a.handle.peer_id(), Direction::Incoming));
+    assert_exchange(&a.handle, &b.handle, 0x10).await;
+    assert_exchange(&b.handle, &a.handle, 0x11).await;
+    // A large message crosses many chunks.
+    let to_b = a.handle.connections().await.pop().unwrap();
+    let from_a = b.handle.connections().await.pop().unwrap();
+    let big = peerpool_proto::message::RawMessage {
+        tag: 0x20,
+        body: (0..300_000u32).map(|i| i as u8).collect(),
+    };
+    assert!(to_b.send(&big).await);
+    assert_eq!(from_a.recv().await, Some(big));
+    // Connecting again is refused: already connected.
+    let err = a
+        .handle
+        .connect(Point::from(b.addr), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.nack(), Some((NackMotive::AlreadyConnected, _)))
+            || matches!(
+                err,
+                ConnectError::RejectedByUs(NackMotive::AlreadyConnected)
+            ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn expected_peer_id_mismatch_is_refused() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.1")).await;
+    let wrong = identity(3).peer_id;
+    let err = a
+        .handle
+        .connect(Point::from(b.addr), Some(wrong))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::UnexpectedPeer { expected, actual } if expected == wrong && actual == b.handle.peer_id())
+    );
+    assert!(a.handle.connections().await.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_chain_name_is_answered_with_a_nack_carrying_points() {
+    let mut cb = config(2, "127.0.0.1");
+    cb.versions = SupportedVersions::octez("OTHER_CHAIN");
+    let b = start(cb).await;
+    // b knows a point, which it refers the rejected peer to.
+    let mut cc = config(3, "127.0.0.1");
+    cc.versions = SupportedVersions::octez("OTHER_CHAIN");
+    let c = start(cc).await;
+    b.handle.connect(Point::from(c.addr), None).await.unwrap();
+    let a = start(config(1, "127.0.0.1")).await;
+    let mut b_events = b.handle.subscribe();
+    // Both sides see the chain names differ; a refuses too, before reading b's answer.
+    let err = a
+        .handle
+        .connect(Point::from(b.addr), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::RejectedByUs(NackMotive::UnknownChainName)
+        ),
+        "{err}"
+    );
+    // A client that answers Ack whatever it sees (as `peerpool probe` does) reads b's Nack.
+    let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let hs = peerpool_proto::handshake::HandshakeConfig {
+        identity: identity(4),
+        versions: SupportedVersions::octez("TEZOS"),
+        listening_port: None,
+        metadata: Default::default(),
+        pow_target: peerpool_proto::identity::PowTarget::new(0.0).unwrap(),
+        chunk_payload_size: 65517,
+    };
+    let auth = peerpool::socket::authenticate(stream, hs, Direction::Outgoing, [1; 24])
+        .await
+        .unwrap();
+    let version = auth.connection_message.version.clone();
+    match auth.accept(version).await.unwrap_err() {
+        SocketError::Handshake(HandshakeError::RejectedByNack { motive, points }) => {
+            assert_eq!(motive, NackMotive::UnknownChainName);
+            assert!(points.contains(&Point::from(c.addr)), "{points:?}");
+        }
+        other => panic!("expected a Nack, got {other}"),
+    }
+    let failure = wait_for(&mut b_events, |e| match e {
+        NodeEvent::HandshakeFailed { error, .. } => Some(format!("{error:?}")),
+        _ => None,
+    })
+    .await;
+    assert!(failure.contains("UnknownChainName"), "{failure}");
+}
+
+#[tokio::test]
+async fn deprecated_versions_are_refused_with_the_nack_form_the_peer_understands() {
+    // b only speaks the newest versions.
+    let mut cb = config(2, "127.0.0.1");
+    cb.versions = SupportedVersions {
+        chain_name: "TEZOS".into(),
+        distributed_db_versions: vec![2],
+        p2p_versions: vec![1],
+    };
+    let b = start(cb).await;
+    // a announces ddb 1 (p2p 1): Nack with motive Deprecated_distributed_db_version.
+    let mut ca = config(1, "127.0.0.1");
+    ca.versions = SupportedVersions {
+        chain_name: "TEZOS".into(),
+        distributed_db_versions: vec![0, 1],
+        p2p_versions: vec![0, 1],
+    };
+    let a = start(ca).await;
+    let err = a
+        .handle
+        .connect(Point::from(b.addr), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.nack().map(|n| n.0),
+        Some(NackMotive::DeprecatedDistributedDbVersion)
+    );
+    // c announces p2p 0: b answers Nack_v_0, reported as No_motive.
+    let mut cc = config(3, "127.0.0.1");
+    cc.versions = SupportedVersions {
+        chain_name: "TEZOS".into(),
+        distributed_db_versions: vec![2],
+        p2p_versions: vec![0],
+    };
+    let c = start(cc).await;
+    let err = c
+        .handle
+        .connect(Point::from(b.addr), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.nack().map(|n| n.0), Some(NackMotive::NoMotive));
+}
+
+#[tokio::test]
+async fn dialing_ourselves_is_detected_as_myself() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let err = a
+        .handle
+        .connect(Point::from(a.addr), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Handshake(SocketError::Handshake(HandshakeError::Myself))
+        ),
+        "{err}"
+    );
+    assert!(a.handle.connections().await.is_empty());
+}
+
+#[tokio::test]
+async fn refused_connection_is_a_connect_error() {
+    let a = start(config(1, "127.0.0.1")).await;
+    // Bind then drop a listener, so the port is (very likely) closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = a
+        .handle
+        .connect(format!("127.0.0.1:{port}").parse().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Connect(_)), "{err}");
+}
+
+#[tokio::test]
+async fn three_nodes_on_distinct_loopback_addresses_learn_points_by_bootstrap() {
+    // b is the hub; c connects to b first, then a connects to b and sends Bootstrap.
+    let b = start(config(2, "127.0.0.2")).await;
+    let c = start(config(3, "127.0.0.3")).await;
+    c.handle.connect(Point::from(b.addr), None).await.unwrap();
+    let mut ca = config(1, "127.0.0.1");
+    ca.bootstrap_on_connect = true;
+    let a = start(ca).await;
+    let mut a_events = a.handle.subscribe();
+    let mut b_events = b.handle.subscribe();
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    let answered = wait_for(&mut b_events, |e| match e {
+        NodeEvent::BootstrapAnswered { peer_id, points } => Some((*peer_id, points.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answered.0, a.handle.peer_id());
+    // b does not advertise a's own point back to it.
+    assert!(!answered.1.contains(&Point::from(a.addr)));
+    let (from, points) = wait_for(&mut a_events, |e| match e {
+        NodeEvent::AdvertiseReceived { peer_id, points } => Some((*peer_id, points.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, b.handle.peer_id());
+    assert!(points.contains(&Point::from(c.addr)), "{points:?}");
+    assert_eq!(c.addr.ip().to_string(), "127.0.0.3");
+    assert!(a.handle.known_points().await.contains(&Point::from(c.addr)));
+    // And a can use what it learned.
+    a.handle.connect(Point::from(c.addr), None).await.unwrap();
+    assert_exchange(&a.handle, &c.handle, 0x10).await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_disconnect_and_the_peer_sees_it() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.1")).await;
+    let mut b_events = b.handle.subscribe();
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    a.handle.shutdown().await;
+    let reason = wait_for(&mut b_events, |e| match e {
+        NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, CloseReason::RemoteDisconnect);
+}
+
+#[tokio::test]
+async fn persistent_peer_is_redialed_after_it_comes_back() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.1")).await;
+    let b_addr = b.addr;
+    let mut a_events = a.handle.subscribe();
+    a.handle.add_peer(Point::from(b_addr), None).await;
+    wait_for(&mut a_events, |e| {
+        matches!(e, NodeEvent::ConnectionEstablished { .. }).then_some(())
+    })
+    .await;
+    b.handle.shutdown().await;
+    drop(b);
+    wait_for(&mut a_events, |e| {
+        matches!(e, NodeEvent::ConnectionClosed { .. }).then_some(())
+    })
+    .await;
+    // A new node on the same address is found again by the redial loop.
+    let mut cb = config(2, "127.0.0.1");
+    cb.listen_addr = Some(b_addr);
+    let _b2 = start(cb).await;
+    wait_for(&mut a_events, |e| {
+        matches!(e, NodeEvent::ConnectionEstablished { .. }).then_some(())
+    })
+    .await;
+}
