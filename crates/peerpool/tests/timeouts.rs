@@ -17,12 +17,17 @@ async fn a_silent_incoming_peer_is_dropped_after_the_authentication_timeout() {
     let mut events = node.handle.subscribe();
     let _silent = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     let (direction, error) = wait_for(&mut events, |e| match e {
-        NodeEvent::HandshakeFailed { direction, error, .. } => Some((*direction, error.clone())),
+        NodeEvent::HandshakeFailed {
+            direction, error, ..
+        } => Some((*direction, error.clone())),
         _ => None,
     })
     .await;
     assert_eq!(direction, Direction::Incoming);
-    assert!(matches!(*error, ConnectError::Timeout(d) if d == Duration::from_secs(5)), "{error}");
+    assert!(
+        matches!(*error, ConnectError::Timeout(d) if d == Duration::from_secs(5)),
+        "{error}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -31,6 +36,13 @@ async fn an_outgoing_handshake_to_a_silent_listener_times_out() {
     cfg.connection_timeout = Duration::from_secs(10);
     let node = start(cfg).await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = node.handle.connect(silent.local_addr().unwrap().into(), None).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Timeout(d) if d == Duration::from_secs(10)), "{err}");
+    let err = node
+        .handle
+        .connect(silent.local_addr().unwrap().into(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Timeout(d) if d == Duration::from_secs(10)),
+        "{err}"
+    );
 }

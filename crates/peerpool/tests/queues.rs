@@ -1,0 +1,119 @@
+//! Bounded message queues over real connections: backpressure stays on the slow peer's
+//! socket, nothing is dropped silently, control messages overtake queued application ones.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use peerpool::connection::ControlMessage;
+use peerpool::node::NodeEvent;
+use peerpool_proto::message::RawMessage;
+use peerpool_proto::point::Point;
+
+fn big(i: u32) -> RawMessage {
+    let mut body = vec![0u8; 64 * 1024];
+    body[..4].copy_from_slice(&i.to_be_bytes());
+    RawMessage { tag: 0x30, body }
+}
+
+/// Fills A's queue towards B (B never reads); returns how many messages were queued.
+async fn fill(a: &TestNode, b: &TestNode) -> u32 {
+    let to_b = a
+        .handle
+        .connections()
+        .await
+        .into_iter()
+        .find(|c| c.info.peer_id == b.handle.peer_id())
+        .unwrap();
+    let mut queued = 0;
+    // Bounded: the queues and socket buffers hold far fewer than 5000 × 64 KiB.
+    for i in 0..5000u32 {
+        if !to_b.try_send(&big(i)) {
+            // Let the writer drain what it can into the socket, then retry once.
+            tokio::task::yield_now().await;
+            if !to_b.try_send(&big(i)) {
+                return queued;
+            }
+        }
+        queued += 1;
+        if i % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    panic!("the queue towards a peer that does not read never filled up");
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_does_not_slow_the_others_and_loses_nothing() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.2")).await;
+    let c = start(config(3, "127.0.0.3")).await;
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    a.handle.connect(Point::from(c.addr), None).await.unwrap();
+    let queued = fill(&a, &b).await;
+    // The full queue refuses at once; broadcast counts the refusal.
+    assert_eq!(
+        a.handle
+            .broadcast(&RawMessage {
+                tag: 0x31,
+                body: vec![1]
+            })
+            .await,
+        1
+    );
+    // The broadcast reached C, which has room.
+    let from_a_at_c = c.handle.connections().await.pop().unwrap();
+    assert_eq!(from_a_at_c.recv().await.unwrap().tag, 0x31);
+    // A and C are unaffected.
+    assert_exchange(&a.handle, &c.handle, 0x10).await;
+    assert_exchange(&c.handle, &a.handle, 0x11).await;
+    // B now reads everything: each queued message arrives, in order, none dropped.
+    let from_a = b
+        .handle
+        .connections()
+        .await
+        .into_iter()
+        .find(|x| x.info.peer_id == a.handle.peer_id())
+        .unwrap();
+    for i in 0..queued {
+        let m = from_a.recv().await.unwrap();
+        assert_eq!(m.tag, 0x30);
+        assert_eq!(u32::from_be_bytes(m.body[..4].try_into().unwrap()), i);
+    }
+}
+
+#[tokio::test]
+async fn control_messages_overtake_queued_application_messages() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.2")).await;
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    let queued = fill(&a, &b).await;
+    let to_b = a.handle.connections().await.pop().unwrap();
+    // The application queue is full, the control queue is not.
+    assert!(!to_b.try_send(&big(u32::MAX)));
+    assert!(to_b.send_control(ControlMessage::Bootstrap));
+    let mut events = b.handle.subscribe();
+    let from_a = b.handle.connections().await.pop().unwrap();
+    let mut received = 0u32;
+    let mut at_bootstrap = None;
+    while received < queued {
+        tokio::select! {
+            m = from_a.recv() => {
+                assert!(m.is_some());
+                received += 1;
+            }
+            Ok(e) = events.recv() => {
+                if matches!(e, NodeEvent::BootstrapAnswered { .. }) {
+                    at_bootstrap.get_or_insert(received);
+                }
+            }
+        }
+    }
+    let at = at_bootstrap
+        .expect("Bootstrap arrived before the queued application messages were all read");
+    // Messages still in A's application queue (about 100) were written after the Bootstrap.
+    assert!(
+        at + 50 < queued,
+        "bootstrap seen after {at} of {queued} app messages"
+    );
+}
