@@ -25,17 +25,15 @@ async fn fill(a: &TestNode, b: &TestNode) -> u32 {
         .into_iter()
         .find(|c| c.info.peer_id == b.handle.peer_id())
         .unwrap();
-    let mut queued = 0;
     // Bounded: the queues and socket buffers hold far fewer than 5000 × 64 KiB.
     for i in 0..5000u32 {
         if !to_b.try_send(&big(i)) {
             // Let the writer drain what it can into the socket, then retry once.
             tokio::task::yield_now().await;
             if !to_b.try_send(&big(i)) {
-                return queued;
+                return i;
             }
         }
-        queued += 1;
         if i % 16 == 0 {
             tokio::task::yield_now().await;
         }
