@@ -896,6 +896,13 @@ impl<M: AppMessage> Owner<M> {
     fn established(&mut self, connection: ConnectionHandle<M>) {
         let info = connection.info.clone();
         self.release(info.peer_id);
+        if connection.is_closed() {
+            // Its tasks ended before the owner heard of it; their Closed notice was ignored
+            // as it came first, so nothing else will remove it.
+            debug!(peer_id = %info.peer_id, "connection closed before it was registered");
+            connection.close("closed during registration");
+            return;
+        }
         if self.connections.contains_key(&info.peer_id) {
             debug!(peer_id = %info.peer_id, "duplicate connection: closing the newer one");
             connection.close("duplicate connection");
