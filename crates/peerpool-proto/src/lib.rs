@@ -8,7 +8,10 @@
 //! - [`crypto`]: keys, channel key, nonces, XSalsa20-Poly1305 seal/open, Blake2b.
 //! - [`identity`]: peer id, proof-of-work target and search, `identity.json`.
 //! - [`point`]: a point (IP address + port) and its text form.
+//! - [`scheduler`]: bandwidth-scheduler arithmetic: token buckets, fair-share quotas,
+//!   who goes next, moving-average statistics (BEHAVIOUR.md §6).
 pub mod crypto;
 pub mod encoding;
 pub mod identity;
 pub mod point;
+pub mod scheduler;
