@@ -435,6 +435,7 @@ impl Lane {
         let max = self.config.max_chunk;
         match self.conns.get(&id).and_then(|c| c.cap.as_ref()) {
             Some(b) => (b.capacity() as usize).clamp(1, max),
+            None if self.bucket.is_none() => usize::MAX,
             None => max,
         }
     }
@@ -800,7 +801,8 @@ impl Scheduler {
     }
 
     /// The largest request `id` should make in `direction`, bytes: `max_chunk`, or less when
-    /// the connection's own cap bucket is smaller. Unknown ids get `max_chunk`.
+    /// the connection's own cap bucket is smaller; `usize::MAX` (no limit) when neither the
+    /// lane nor the connection is capped, since such requests are always granted at once.
     pub fn chunk_limit(&self, id: ConnId, direction: Direction) -> usize {
         self.lane(direction).chunk_limit(id)
     }

@@ -5,8 +5,9 @@
 //! returns a [`ScheduledConnection`]. Two tasks per connection move the bytes: a *reader*
 //! task reads at most `read_buffer_size` bytes from the socket, asks the scheduler for
 //! permission to deliver them, then pushes them into the connection's bounded read queue;
-//! a *writer* task takes at most `read_buffer_size` bytes from the bounded write queue, asks
-//! for permission, then writes them to the socket. One *dispatcher* task per scheduler hands
+//! a *writer* task takes the next queued buffer (split into pieces of at most
+//! `read_buffer_size` bytes when the upload or the connection is capped) from the bounded
+//! write queue, asks for permission, then writes it to the socket. One *dispatcher* task per scheduler hands
 //! out permissions that had to wait (global cap reached, per-connection cap reached) and
 //! runs the one-second refresh of quotas and moving averages. All the arithmetic lives in
 //! [`peerpool_proto::scheduler`]; this module only moves bytes and timers.
@@ -76,7 +77,7 @@ pub struct IoSchedulerConfig {
     pub max_upload_speed: Option<u64>,
     /// Global download cap, bytes per second (default `None`). Must be ≥ 1 when set.
     pub max_download_speed: Option<u64>,
-    /// Largest single socket read, bytes, and largest single grant in both directions
+    /// Largest single socket read, bytes, and largest single grant in a capped direction
     /// (default 16 KiB). Must be ≥ 1.
     pub read_buffer_size: usize,
     /// Bound of each connection's read queue, bytes (default 8 MiB). Must be ≥ 1.
@@ -396,8 +397,12 @@ async fn reader_task<R: AsyncRead + Unpin>(conn: Arc<ConnShared>, shared: Arc<Sh
             .min(shared.config.read_buffer_size)
             .min(shared.chunk_limit(conn.id, Direction::Recv))
             .max(1);
-        buf.resize(limit, 0);
-        let n = match rd.read(&mut buf[..]).await {
+        // Read into spare capacity (no zeroing); chunks split off share one allocation
+        // until it is used up.
+        if buf.capacity() - buf.len() < limit {
+            buf = BytesMut::with_capacity(limit.max(4 * shared.config.read_buffer_size));
+        }
+        let n = match (&mut rd).take(limit as u64).read_buf(&mut buf).await {
             Ok(0) => {
                 conn.end_read(None);
                 return;
@@ -409,7 +414,6 @@ async fn reader_task<R: AsyncRead + Unpin>(conn: Arc<ConnShared>, shared: Arc<Sh
             }
         };
         let chunk = buf.split_to(n).freeze();
-        buf.clear();
         if shared
             .acquire(conn.id, Direction::Recv, n as u64)
             .await
@@ -428,7 +432,6 @@ async fn reader_task<R: AsyncRead + Unpin>(conn: Arc<ConnShared>, shared: Arc<Sh
 }
 
 async fn writer_task<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, shared: Arc<Shared>, mut wr: W) {
-    let limit_cfg = shared.config.read_buffer_size;
     loop {
         let next = loop {
             let notified = conn.write_data.notified();
@@ -449,8 +452,9 @@ async fn writer_task<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, shared: Arc<S
             conn.flushed.send_replace(true);
             return;
         };
+        // Capped: at most `read_buffer_size` (or the connection's own burst) per grant.
+        // Uncapped: the whole buffer, as it is granted at once anyway.
         let n = front_len
-            .min(limit_cfg)
             .min(shared.chunk_limit(conn.id, Direction::Send))
             .max(1);
         if shared
@@ -558,14 +562,20 @@ impl AsyncRead for ScheduledReader {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if let Some(front) = q.chunks.front_mut() {
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                q.chunks.pop_front();
+        if !q.chunks.is_empty() {
+            // Copy as many queued chunks as fit.
+            while buf.remaining() > 0 {
+                let Some(front) = q.chunks.front_mut() else {
+                    break;
+                };
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                front.advance(n);
+                if front.is_empty() {
+                    q.chunks.pop_front();
+                }
+                q.bytes -= n;
             }
-            q.bytes -= n;
             drop(q);
             conn.read_room.notify_one();
             return Poll::Ready(Ok(()));
