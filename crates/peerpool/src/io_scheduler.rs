@@ -369,9 +369,16 @@ impl ConnShared {
     async fn close(&self, timeout: Duration) {
         self.close_write();
         let mut flushed = self.flushed.subscribe();
-        let _ = tokio::time::timeout(timeout, flushed.wait_for(|f| *f)).await;
-        self.cancel();
         let mut finished = self.finished.subscribe();
+        // The writer reports "flushed"; if it died first (I/O error), "finished" comes instead.
+        let drained = async {
+            tokio::select! {
+                _ = flushed.wait_for(|f| *f) => {}
+                _ = finished.wait_for(|f| *f) => {}
+            }
+        };
+        let _ = tokio::time::timeout(timeout, drained).await;
+        self.cancel();
         let _ = finished.wait_for(|f| *f).await;
     }
 }

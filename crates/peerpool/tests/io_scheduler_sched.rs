@@ -421,3 +421,35 @@ async fn invalid_configs_are_refused() {
     let (conn, _remote) = pair(&s);
     assert!(matches!(conn.set_weight(0), Err(IoSchedulerError::Core(_))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn close_does_not_wait_for_a_dead_socket() {
+    let s = scheduler(IoSchedulerConfig::default());
+    let (conn, remote) = pair(&s);
+    drop(remote);
+    // Queued, but the writer fails on the broken pipe and cancels the connection.
+    let _ = conn.write(vec![1; 1000]).await;
+    let start = Instant::now();
+    conn.close(Duration::from_secs(60)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(s.connections().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_connection_closes_the_stream() {
+    let s = scheduler(IoSchedulerConfig::default());
+    let (conn, mut remote) = pair(&s);
+    drop(conn);
+    let mut got = Vec::new();
+    remote
+        .read_to_end(&mut got)
+        .await
+        .expect("clean end of stream");
+    assert!(got.is_empty());
+    tokio::task::yield_now().await;
+    assert!(s.connections().is_empty());
+}
