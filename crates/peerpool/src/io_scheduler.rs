@@ -22,6 +22,11 @@
 //!   queue holds at most `max(write_queue_size, largest single buffer)` bytes.
 //! - the dispatcher's waiting requests: at most one per connection and direction.
 //!
+//! Fairness: when a direction is capped, requests that have to wait are served
+//! high-quota-first (octez's rule) with shares proportional to connection weights; see
+//! [`peerpool_proto::scheduler`] for the arithmetic and where it departs from octez. When
+//! nothing is capped every request is granted at once, so weights have no effect.
+//!
 //! Time comes only from `tokio::time`, so tests run under `tokio::time::pause()`.
 
 use bytes::{Buf, Bytes, BytesMut};
