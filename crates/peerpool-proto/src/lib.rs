@@ -12,6 +12,8 @@
 //! - [`framing`]: encrypted chunks (seal/open, nonce counters) and the message stream decoder.
 //! - [`message`]: the P2P message envelope, control messages, and the application message trait.
 //! - [`handshake`]: the authenticated handshake as a sans-IO state machine.
+//! - [`scheduler`]: bandwidth-scheduler arithmetic: token buckets, fair-share quotas,
+//!   who goes next, moving-average statistics (BEHAVIOUR.md §6).
 pub mod connection_message;
 pub mod crypto;
 pub mod encoding;
@@ -20,3 +22,4 @@ pub mod handshake;
 pub mod identity;
 pub mod message;
 pub mod point;
+pub mod scheduler;

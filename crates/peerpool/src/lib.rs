@@ -7,7 +7,11 @@
 //! - [`connection`]: one established connection: reader and writer tasks, bounded queues.
 //! - [`node`]: the node: listener, dialer, table of established connections, control
 //!   messages (Bootstrap → Advertise), events.
+//! - [`io_scheduler`]: the I/O scheduler every connection's bytes pass through: global and
+//!   per-connection caps, fair shares, bounded read/write queues, statistics
+//!   (BEHAVIOUR.md §6).
 
 pub mod connection;
+pub mod io_scheduler;
 pub mod node;
 pub mod socket;
