@@ -31,6 +31,12 @@ pub struct NodeArgs {
     /// Data directory (identity.json is created there on first start).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Global download cap, KiB/s (as octez's config); none by default.
+    #[arg(long)]
+    pub max_download_speed: Option<u64>,
+    /// Global upload cap, KiB/s (as octez's config); none by default.
+    #[arg(long)]
+    pub max_upload_speed: Option<u64>,
 }
 
 fn parse_peer(s: &str) -> Result<(Point, Option<PeerId>), String> {
@@ -88,6 +94,9 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let mut config = NodeConfig::new(identity.clone(), &args.chain_name);
     config.listen_addr = Some(args.net_addr);
     config.pow_target = target;
+    config.io_scheduler.max_download_speed =
+        args.max_download_speed.map(|k| k.saturating_mul(1024));
+    config.io_scheduler.max_upload_speed = args.max_upload_speed.map(|k| k.saturating_mul(1024));
     let node = match Node::<RawMessage>::start(config).await {
         Ok(n) => n,
         Err(e) => {

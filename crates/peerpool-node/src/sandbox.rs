@@ -43,6 +43,12 @@ pub struct SandboxArgs {
     /// Size of the application message each node broadcasts every 500 ms, bytes (0: none).
     #[arg(long, default_value_t = 1024)]
     pub traffic: usize,
+    /// Each node's download cap, KiB/s (octez config unit).
+    #[arg(long)]
+    pub max_download_speed: Option<u64>,
+    /// Each node's upload cap, KiB/s (octez config unit).
+    #[arg(long)]
+    pub max_upload_speed: Option<u64>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -97,6 +103,10 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
         ));
         config.pow_target = target;
         config.redial_max_delay = Duration::from_secs(5);
+        config.io_scheduler.max_download_speed =
+            args.max_download_speed.map(|k| k.saturating_mul(1024));
+        config.io_scheduler.max_upload_speed =
+            args.max_upload_speed.map(|k| k.saturating_mul(1024));
         let node = match Node::<RawMessage>::start(config).await {
             Ok(node) => node,
             Err(e) => {
@@ -181,8 +191,16 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
 async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
     println!("peerpool sandbox ({title}): {} nodes", nodes.len());
     println!(
-        "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>8}",
-        "node", "address", "peer id", "conns", "bytes in", "bytes out", "app msgs"
+        "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>9}  {:>9}  {:>8}",
+        "node",
+        "address",
+        "peer id",
+        "conns",
+        "bytes in",
+        "bytes out",
+        "in B/s",
+        "out B/s",
+        "app msgs"
     );
     let mut isolated = 0;
     let mut total = 0;
@@ -193,13 +211,15 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
         }
         total += stats.connections;
         println!(
-            "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>8}",
+            "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>9}  {:>9}  {:>8}",
             i + 1,
             node.addr.to_string(),
             node.handle.peer_id().to_string(),
             stats.connections,
-            stats.bytes_in,
-            stats.bytes_out,
+            stats.io.total_recv,
+            stats.io.total_sent,
+            stats.io.current_inflow,
+            stats.io.current_outflow,
             node.received.load(Ordering::Relaxed)
         );
     }

@@ -10,8 +10,10 @@
 //! - [`io_scheduler`]: the I/O scheduler every connection's bytes pass through: global and
 //!   per-connection caps, fair shares, bounded read/write queues, statistics
 //!   (BEHAVIOUR.md §6).
+//! - [`scheduled_stream`]: a scheduled connection as an `AsyncRead + AsyncWrite` stream.
 
 pub mod connection;
 pub mod io_scheduler;
 pub mod node;
+pub mod scheduled_stream;
 pub mod socket;

@@ -10,6 +10,8 @@ use crate::connection::{
     self, CloseReason, ConnectionHandle, ConnectionInfo, ConnectionNotice, ControlMessage,
     QueueConfig,
 };
+use crate::io_scheduler::{IoScheduler, IoSchedulerConfig, IoSchedulerError, Stat};
+use crate::scheduled_stream::ScheduledStream;
 use crate::socket::{self, SocketError};
 use peerpool_proto::connection_message::{ConnectionMetadata, NackMotive, SupportedVersions};
 use peerpool_proto::framing::MAX_CHUNK_PAYLOAD;
@@ -67,6 +69,11 @@ pub struct NodeConfig {
     pub redial_initial_delay: Duration,
     /// Cap of the redial delay.
     pub redial_max_delay: Duration,
+    /// The I/O scheduler every connection's bytes go through: global upload and download
+    /// caps (bytes per second), read size, queue bounds (BEHAVIOUR.md §6).
+    pub io_scheduler: IoSchedulerConfig,
+    /// How long closing a connection may wait for its queued bytes to go out (default 3 s).
+    pub close_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -89,6 +96,8 @@ impl NodeConfig {
             max_known_points: 400,
             redial_initial_delay: Duration::from_secs(1),
             redial_max_delay: Duration::from_secs(60),
+            io_scheduler: IoSchedulerConfig::default(),
+            close_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -99,6 +108,9 @@ pub enum ConnectError {
     /// TCP connect failed (refused, unreachable …).
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
+    /// The I/O scheduler refused the connection (it is shutting down).
+    #[error("i/o scheduler: {0}")]
+    Scheduler(IoSchedulerError),
     /// The whole attempt took longer than its timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -154,6 +166,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The I/O scheduler configuration is invalid.
+    #[error(transparent)]
+    Scheduler(#[from] IoSchedulerError),
 }
 
 /// What happens in the node, for subscribers (logs, sandbox, tests).
@@ -205,10 +220,9 @@ pub enum NodeEvent {
 pub struct NodeStats {
     /// Established connections now.
     pub connections: usize,
-    /// Bytes received over all connections, ever.
-    pub bytes_in: u64,
-    /// Bytes sent over all connections, ever.
-    pub bytes_out: u64,
+    /// The I/O scheduler's totals and current flows over every connection, handshakes and
+    /// closed connections included (bytes, bytes per second).
+    pub io: Stat,
 }
 
 enum Command<M> {
@@ -372,6 +386,7 @@ struct Shared<M> {
     events: broadcast::Sender<NodeEvent>,
     notices: mpsc::Sender<ConnectionNotice>,
     next_id: AtomicU64,
+    scheduler: IoScheduler,
 }
 
 impl<M: AppMessage> Shared<M> {
@@ -406,6 +421,7 @@ impl<M: AppMessage> Node<M> {
     ///
     /// Errors with [`NodeError::Bind`] when the address cannot be bound.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let scheduler = IoScheduler::new(config.io_scheduler)?;
         let listener = match config.listen_addr {
             Some(addr) => Some(
                 bind(addr)
@@ -426,6 +442,7 @@ impl<M: AppMessage> Node<M> {
             events: events.clone(),
             notices,
             next_id: AtomicU64::new(1),
+            scheduler,
         });
         let welcome = listener.map(|l| tokio::spawn(welcome(l, shared.clone())));
         let owner = Owner {
@@ -435,7 +452,6 @@ impl<M: AppMessage> Node<M> {
             known_points: BTreeSet::new(),
             persistent: HashMap::new(),
             point_peer: HashMap::new(),
-            closed_bytes: (0, 0),
             own_point: local_addr.map(Point::from),
         };
         tokio::spawn(owner.run(command_rx, notice_rx, welcome));
@@ -543,13 +559,19 @@ impl<M> Drop for AdmitGuard<M> {
 
 /// Authenticates, decides, and on success registers the connection with the owner.
 async fn handshake<M: AppMessage>(
-    stream: TcpStream,
+    tcp: TcpStream,
     remote_addr: SocketAddr,
     direction: Direction,
     expected: Option<PeerId>,
     shared: &Arc<Shared<M>>,
 ) -> Result<PeerId, ConnectError> {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    // From here on every byte, the handshake's included, goes through the scheduler.
+    let scheduled = shared
+        .scheduler
+        .register(tcp)
+        .map_err(ConnectError::Scheduler)?;
+    let stream = ScheduledStream::new(scheduled, shared.config.close_timeout);
     let mut nonce = [0u8; 24];
     rand::rng().fill_bytes(&mut nonce);
     let auth = socket::authenticate(stream, shared.handshake_config(), direction, nonce).await?;
@@ -665,7 +687,6 @@ struct Owner<M> {
     known_points: BTreeSet<Point>,
     persistent: HashMap<Point, Persistent>,
     point_peer: HashMap<Point, PeerId>,
-    closed_bytes: (u64, u64),
     own_point: Option<Point>,
 }
 
@@ -857,15 +878,9 @@ impl<M: AppMessage> Owner<M> {
                 let _ = reply.send(self.known_points.iter().copied().collect());
             }
             Command::Stats { reply } => {
-                let (mut bytes_in, mut bytes_out) = self.closed_bytes;
-                for c in self.connections.values() {
-                    bytes_in += c.stats.bytes_in.load(Ordering::Relaxed);
-                    bytes_out += c.stats.bytes_out.load(Ordering::Relaxed);
-                }
                 let _ = reply.send(NodeStats {
                     connections: self.connections.len(),
-                    bytes_in,
-                    bytes_out,
+                    io: self.shared.scheduler.global_stat(),
                 });
             }
             Command::Shutdown { .. } => {}
@@ -931,11 +946,13 @@ impl<M: AppMessage> Owner<M> {
                 peer_id,
                 reason,
             } => {
-                let Some(conn) = self.connections.get(&peer_id).filter(|c| c.info.id == id) else {
+                if self
+                    .connections
+                    .get(&peer_id)
+                    .is_none_or(|c| c.info.id != id)
+                {
                     return;
-                };
-                self.closed_bytes.0 += conn.stats.bytes_in.load(Ordering::Relaxed);
-                self.closed_bytes.1 += conn.stats.bytes_out.load(Ordering::Relaxed);
+                }
                 self.connections.remove(&peer_id);
                 if reason.is_peer_fault() {
                     warn!(%peer_id, %reason, "connection closed");
@@ -999,13 +1016,17 @@ impl<M: AppMessage> Owner<M> {
         for c in self.connections.values() {
             c.close("shutdown");
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + self.shared.config.close_timeout;
         while !self.connections.is_empty() {
             match tokio::time::timeout_at(deadline, notices.recv()).await {
                 Ok(Some(notice)) => self.handle_notice(notice),
                 _ => break,
             }
         }
+        self.shared
+            .scheduler
+            .shutdown(self.shared.config.close_timeout)
+            .await;
     }
 }
 
@@ -1015,6 +1036,7 @@ fn clone_error(e: &ConnectError) -> ConnectError {
         ConnectError::Connect(io) => {
             ConnectError::Connect(std::io::Error::new(io.kind(), io.to_string()))
         }
+        ConnectError::Scheduler(_) => ConnectError::Scheduler(IoSchedulerError::Shutdown),
         ConnectError::Timeout(d) => ConnectError::Timeout(*d),
         ConnectError::Handshake(SocketError::Io(io)) => ConnectError::Handshake(SocketError::Io(
             std::io::Error::new(io.kind(), io.to_string()),
