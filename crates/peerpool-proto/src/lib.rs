@@ -8,7 +8,10 @@
 //! - [`crypto`]: keys, channel key, nonces, XSalsa20-Poly1305 seal/open, Blake2b.
 //! - [`identity`]: peer id, proof-of-work target and search, `identity.json`.
 //! - [`point`]: a point (IP address + port) and its text form.
+//! - [`pool`]: the pool's decisions: point/peer state machines, tables, GC, ACL, private
+//!   mode, `list_known_points`, `peers.json`, events (BEHAVIOUR.md §2, §4, §5, §11).
 pub mod crypto;
 pub mod encoding;
 pub mod identity;
 pub mod point;
+pub mod pool;
