@@ -213,9 +213,7 @@ mod tests {
     #[test]
     fn u30_refuses_lengths_above_the_bound_before_reading() {
         let mut r = Reader::new(&[0x7f, 0xff, 0xff, 0xff]);
-        assert!(
-            matches!(r.u30("x", 10), Err(DecodeError::TooLong { len, .. }) if len == 0x7fff_ffff)
-        );
+        assert!(matches!(r.u30("x", 10), Err(DecodeError::TooLong { len, .. }) if len == 0x7fff_ffff));
     }
 
     #[test]

@@ -190,12 +190,7 @@ impl PowTarget {
     /// Tries up to `attempts` stamps from `stamp` on, incrementing it as a 192-bit
     /// big-endian counter. Returns the first that passes; `stamp` is left at the next
     /// one to try, so a caller can search in slices and report progress.
-    pub fn search(
-        &self,
-        public_key: &PublicKey,
-        stamp: &mut Stamp,
-        attempts: u64,
-    ) -> Option<Stamp> {
+    pub fn search(&self, public_key: &PublicKey, stamp: &mut Stamp, attempts: u64) -> Option<Stamp> {
         for _ in 0..attempts {
             let candidate = *stamp;
             crate::crypto::Nonce(*stamp).increment_into(stamp);
