@@ -31,6 +31,10 @@ impl Time {
     /// The Unix epoch.
     pub const EPOCH: Time = Time(Duration::ZERO);
 
+    /// The last second RFC 3339 can write, 9999-12-31T23:59:59Z; later times read from a
+    /// file are refused so that whatever is loaded can be saved again.
+    pub const MAX_RFC3339: Time = Time(Duration::from_secs(253_402_300_799));
+
     /// `secs` seconds after the Unix epoch.
     pub const fn from_secs(secs: u64) -> Self {
         Time(Duration::from_secs(secs))
@@ -238,12 +242,17 @@ impl<'de> Deserialize<'de> for Time {
                 Time::parse_rfc3339(v).map_err(E::custom)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Time, E> {
-                Ok(Time::from_secs(v))
+                let t = Time::from_secs(v);
+                if t > Time::MAX_RFC3339 {
+                    return Err(E::custom(TimeError::OutOfRange(i128::from(v))));
+                }
+                Ok(t)
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Time, E> {
-                u64::try_from(v)
-                    .map(Time::from_secs)
-                    .map_err(|_| E::custom(TimeError::OutOfRange(i128::from(v))))
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(TimeError::OutOfRange(i128::from(v)))),
+                }
             }
         }
         d.deserialize_any(V)
@@ -306,6 +315,9 @@ mod tests {
         let t: Time = serde_json::from_str("\"2023-11-14T22:13:20Z\"").unwrap();
         assert_eq!(t, Time::from_secs(1_700_000_000));
         assert!(serde_json::from_str::<Time>("-5").is_err());
+        assert!(serde_json::from_str::<Time>("253402300800").is_err());
+        let last: Time = serde_json::from_str("253402300799").unwrap();
+        assert_eq!(last.to_rfc3339(), "9999-12-31T23:59:59Z");
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
             "\"2023-11-14T22:13:20Z\""
