@@ -73,6 +73,8 @@ fn register(c: &mut Criterion) {
     g.finish();
 }
 
+// `get(..).is_some()` on purpose: the same operation as `Pool::point(..).is_some()`.
+#[allow(clippy::unnecessary_get_then_check)]
 fn lookup(c: &mut Criterion) {
     let pts = points();
     let pool = filled_pool(&pts);
