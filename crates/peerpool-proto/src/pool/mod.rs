@@ -149,6 +149,20 @@ pub enum PoolError {
     /// Private mode and neither the point nor the peer is trusted (octez `Private_mode`).
     #[error("private mode: {0} is not trusted")]
     PrivateMode(Point),
+    /// The point expects another peer id (octez `Identity_check_failure`; no greylisting).
+    #[error("{point} presented {got}, expected {expected}")]
+    IdentityCheckFailure {
+        /// The point.
+        point: Point,
+        /// The peer id recorded with [`Pool::set_expected_peer_id`].
+        expected: PeerId,
+        /// The peer id of the handshake.
+        got: PeerId,
+    },
+    /// The point or the peer already has a connection (octez `Already_connected`, sent as
+    /// a Nack motive).
+    #[error("{0} or its peer is already connected")]
+    AlreadyConnected(Point),
 }
 
 impl PoolConfig {
@@ -999,14 +1013,34 @@ impl<M: PeerMeta> Pool<M> {
     }
 
     /// May the authenticated connection `point` ↔ `peer_id` proceed (either direction)?
-    /// Not our own point; the peer not banned; in private mode the point or the peer must
-    /// be trusted (BEHAVIOUR.md §1.2-1.3).
+    /// In this order (BEHAVIOUR.md §1.2-1.3): not our own point; the point's expected peer
+    /// id, if any, matches; the IP and the peer are not banned (unless the point or the
+    /// peer is trusted, for the IP); in private mode the point or the peer is trusted; the
+    /// point is not Accepted/Running (nor Requested when `incoming`: we are dialling it
+    /// ourselves) and the peer is not Accepted/Running. The slot check (too many
+    /// connections) is the connect handler's.
     ///
-    /// Errors: [`PoolError::Myself`], [`PoolError::PointBanned`], [`PoolError::PeerBanned`],
-    /// [`PoolError::PrivateMode`].
-    pub fn check_connection(&self, point: &Point, peer_id: &PeerId) -> Result<(), PoolError> {
+    /// Errors: [`PoolError::Myself`], [`PoolError::IdentityCheckFailure`],
+    /// [`PoolError::PointBanned`], [`PoolError::PeerBanned`], [`PoolError::PrivateMode`],
+    /// [`PoolError::AlreadyConnected`].
+    pub fn check_connection(
+        &self,
+        point: &Point,
+        peer_id: &PeerId,
+        incoming: bool,
+    ) -> Result<(), PoolError> {
         if self.is_my_point(point) {
             return Err(PoolError::Myself(*point));
+        }
+        let info = self.known_points.get(point);
+        if let Some(expected) = info.and_then(|i| i.expected_peer_id) {
+            if expected != *peer_id {
+                return Err(PoolError::IdentityCheckFailure {
+                    point: *point,
+                    expected,
+                    got: *peer_id,
+                });
+            }
         }
         let trusted = self.point_trusted(point) || self.peer_trusted(peer_id);
         if self.point_banned(point) && !trusted {
@@ -1017,6 +1051,17 @@ impl<M: PeerMeta> Pool<M> {
         }
         if self.config.private_mode && !trusted {
             return Err(PoolError::PrivateMode(*point));
+        }
+        let point_busy = match info.map(PointInfo::state) {
+            Some(PointState::Accepted { .. } | PointState::Running { .. }) => true,
+            Some(PointState::Requested) => incoming,
+            _ => false,
+        };
+        let peer_busy = self
+            .peer_state(peer_id)
+            .is_some_and(|s| s != PeerState::Disconnected);
+        if point_busy || peer_busy {
+            return Err(PoolError::AlreadyConnected(*point));
         }
         Ok(())
     }

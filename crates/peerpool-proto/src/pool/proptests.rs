@@ -130,11 +130,13 @@ fn run(ops: Vec<Op>, seed: u64) {
             }
             Op::Connect(p, q) => {
                 let (point, peer_id) = (pt(p), peer(q));
+                // Outgoing if we are dialling it, else incoming.
+                let incoming = pool.point_state(&point) != Some(PointState::Requested);
                 if pool.point(&point).is_some()
                     && pool
                         .peer_state(&peer_id)
                         .is_none_or(|s| s == PeerState::Disconnected)
-                    && pool.check_connection(&point, &peer_id).is_ok()
+                    && pool.check_connection(&point, &peer_id, incoming).is_ok()
                     && pool.set_point_accepted(now, &point, peer_id).is_ok()
                 {
                     pool.register_peer(now, peer_id);

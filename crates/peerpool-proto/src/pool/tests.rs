@@ -228,7 +228,7 @@ fn greylisting_a_departed_peer_still_greylists_its_id_and_last_address() {
     assert!(p.peer_banned(&peer(1)));
     assert!(p.point_banned(&pt(1)));
     assert_eq!(
-        p.check_connection(&pt(2), &peer(1)),
+        p.check_connection(&pt(2), &peer(1), true),
         Err(PoolError::PeerBanned(peer(1)))
     );
     // A peer never seen: its id is greylisted, no address.
@@ -314,10 +314,10 @@ fn private_mode_accepts_only_trusted_and_advertises_nothing() {
     }
     assert_eq!(p.check_dial(&pt(1)), Ok(()));
     assert_eq!(p.check_dial(&pt(2)), Err(PoolError::PrivateMode(pt(2))));
-    assert_eq!(p.check_connection(&pt(1), &peer(9)), Ok(()));
-    assert_eq!(p.check_connection(&pt(2), &peer(3)), Ok(()));
+    assert_eq!(p.check_connection(&pt(1), &peer(9), true), Ok(()));
+    assert_eq!(p.check_connection(&pt(2), &peer(3), false), Ok(()));
     assert_eq!(
-        p.check_connection(&pt(2), &peer(9)),
+        p.check_connection(&pt(2), &peer(9), true),
         Err(PoolError::PrivateMode(pt(2)))
     );
     assert_eq!(p.candidates(t(0)), [pt(1)]);
@@ -490,4 +490,38 @@ fn pool_round_trips_through_the_peers_file() {
     assert!(q.point(&pt(2)).unwrap().trusted);
     assert!(q.peer(&peer(2)).unwrap().trusted);
     assert!(q.point(&pt(3)).is_none());
+}
+
+#[test]
+fn check_connection_identity_and_already_connected() {
+    let mut p = pool();
+    p.register_point(t(0), pt(1), None, Some(peer(1)));
+    assert_eq!(
+        p.check_connection(&pt(1), &peer(2), false),
+        Err(PoolError::IdentityCheckFailure {
+            point: pt(1),
+            expected: peer(1),
+            got: peer(2)
+        })
+    );
+    assert!(
+        !p.point_banned(&pt(1)),
+        "an identity check failure does not greylist"
+    );
+    assert_eq!(p.check_connection(&pt(1), &peer(1), false), Ok(()));
+    p.set_point_requested(t(0), &pt(1)).unwrap();
+    assert_eq!(p.check_connection(&pt(1), &peer(1), false), Ok(()));
+    assert_eq!(
+        p.check_connection(&pt(1), &peer(1), true),
+        Err(PoolError::AlreadyConnected(pt(1)))
+    );
+    connect(&mut p, t(0), pt(2), peer(2));
+    assert_eq!(
+        p.check_connection(&pt(3), &peer(2), true),
+        Err(PoolError::AlreadyConnected(pt(3)))
+    );
+    assert_eq!(
+        p.check_connection(&pt(2), &peer(3), true),
+        Err(PoolError::AlreadyConnected(pt(2)))
+    );
 }
