@@ -616,6 +616,7 @@ mod tests {
             }
             let measured = f64::from(hits) / f64::from(queries);
             let tol = formula * rel_tol + abs_tol;
+            eprintln!("fill {target_fill}: n {n}, measured {measured:.6}, formula {formula:.6}");
             assert!(
                 (measured - formula).abs() <= tol,
                 "fill {target_fill}: measured {measured}, formula {formula}, n {n}"
