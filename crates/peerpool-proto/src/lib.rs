@@ -14,6 +14,8 @@
 //! - [`handshake`]: the authenticated handshake as a sans-IO state machine.
 //! - [`scheduler`]: bandwidth-scheduler arithmetic: token buckets, fair-share quotas,
 //!   who goes next, moving-average statistics (BEHAVIOUR.md §6).
+//! - [`pool`]: the pool's decisions: point/peer state machines, tables, GC, ACL, private
+//!   mode, `list_known_points`, `peers.json`, events (BEHAVIOUR.md §2, §4, §5, §11).
 pub mod connection_message;
 pub mod crypto;
 pub mod encoding;
@@ -22,4 +24,5 @@ pub mod handshake;
 pub mod identity;
 pub mod message;
 pub mod point;
+pub mod pool;
 pub mod scheduler;

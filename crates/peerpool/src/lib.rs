@@ -10,10 +10,12 @@
 //! - [`io_scheduler`]: the I/O scheduler every connection's bytes pass through: global and
 //!   per-connection caps, fair shares, bounded read/write queues, statistics
 //!   (BEHAVIOUR.md §6).
+//! - [`peers_file`]: atomic save and careful load of `peers.json` (BEHAVIOUR.md §4.6).
 //! - [`scheduled_stream`]: a scheduled connection as an `AsyncRead + AsyncWrite` stream.
 
 pub mod connection;
 pub mod io_scheduler;
 pub mod node;
+pub mod peers_file;
 pub mod scheduled_stream;
 pub mod socket;

@@ -27,7 +27,13 @@ async fn a_download_cap_limits_what_a_peer_can_push_and_every_byte_is_counted() 
     let body = vec![0xab; 64 * 1024];
     let sender = tokio::spawn(async move {
         for i in 0..messages {
-            assert!(to_b.send(&RawMessage { tag: 0x40 + i, body: body.clone() }).await);
+            assert!(
+                to_b.send(&RawMessage {
+                    tag: 0x40 + i,
+                    body: body.clone()
+                })
+                .await
+            );
         }
     });
     for i in 0..messages {
@@ -37,10 +43,16 @@ async fn a_download_cap_limits_what_a_peer_can_push_and_every_byte_is_counted() 
     let elapsed = started.elapsed();
     let payload = messages as u64 * 64 * KIB;
     let received = b.handle.stats().await.io.total_recv - before;
-    assert!(received >= payload, "scheduler counted {received} of at least {payload} bytes");
+    assert!(
+        received >= payload,
+        "scheduler counted {received} of at least {payload} bytes"
+    );
     // At 64 KiB/s, 512 KiB needs about 8 s; the burst allows at most 16 KiB early.
     let floor = Duration::from_secs_f64((payload - 16 * KIB) as f64 / (64 * KIB) as f64);
-    assert!(elapsed >= floor, "512 KiB arrived in {elapsed:?} under a 64 KiB/s cap");
+    assert!(
+        elapsed >= floor,
+        "512 KiB arrived in {elapsed:?} under a 64 KiB/s cap"
+    );
 }
 
 #[tokio::test(start_paused = true)]
