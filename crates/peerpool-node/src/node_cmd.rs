@@ -31,6 +31,10 @@ pub struct NodeArgs {
     /// Data directory (identity.json is created there on first start).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Private mode: only trusted points and peers (`--peer`), in both directions; our
+    /// address is not advertised.
+    #[arg(long)]
+    pub private_mode: bool,
     /// Global download cap, KiB/s (as octez's config); none by default.
     #[arg(long)]
     pub max_download_speed: Option<u64>,
@@ -94,6 +98,9 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let mut config = NodeConfig::new(identity.clone(), &args.chain_name);
     config.listen_addr = Some(args.net_addr);
     config.pow_target = target;
+    config.data_dir = Some(data_dir.clone());
+    config.pool.private_mode = args.private_mode;
+    config.metadata.private_node = args.private_mode;
     config.io_scheduler.max_download_speed =
         args.max_download_speed.map(|k| k.saturating_mul(1024));
     config.io_scheduler.max_upload_speed = args.max_upload_speed.map(|k| k.saturating_mul(1024));

@@ -102,7 +102,7 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             args.base_port,
         ));
         config.pow_target = target;
-        config.redial_max_delay = Duration::from_secs(5);
+        config.pool.reconnection.increase_cap = Duration::from_secs(5);
         config.io_scheduler.max_download_speed =
             args.max_download_speed.map(|k| k.saturating_mul(1024));
         config.io_scheduler.max_upload_speed =
@@ -175,9 +175,12 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
         }
     }
     let isolated = print_table(&nodes, "summary").await;
+    let mut stopping = tokio::task::JoinSet::new();
     for node in &nodes {
-        node.handle.shutdown().await;
+        let handle = node.handle.clone();
+        stopping.spawn(async move { handle.shutdown().await });
     }
+    while stopping.join_next().await.is_some() {}
     if isolated > 0 {
         eprintln!("{isolated} node(s) ended with no connection");
         ExitCode::FAILURE

@@ -51,7 +51,8 @@ async fn start_node(listen: bool) -> Node<RawMessage> {
     let mut config = NodeConfig::new(identity, "PEERPOOL_BENCH");
     config.pow_target = target;
     config.bootstrap_on_connect = false;
-    config.max_connections = 1000;
+    config.pool.max_connections = 1000;
+    config.pool.min_connections = 0;
     config.listen_addr = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     Node::start(config).await.unwrap()
 }

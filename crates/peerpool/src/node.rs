@@ -1,16 +1,37 @@
-//! The node: a listener (welcome), a dialer, a table of established connections owned by
-//! one task, control-message handling (Bootstrap → Advertise), events.
+//! The node: the pool's owner task, the welcome worker (accept loop), the dialer, the
+//! handshake and admission of connections, control messages (Bootstrap → Advertise), the
+//! peers file, and events.
 //!
-//! One owner task holds all node state; every other task talks to it through
-//! [`NodeHandle`] over a bounded channel (ARCHITECTURE.md "Contracts"). The full pool
-//! (points and peers with their state machines, ACL, GC) comes in its own module; this
-//! table is the minimal one the wire-compatible node needs.
+//! One owner task holds all node state: the pool (points and peers with their state
+//! machines, ACL, GC: [`peerpool_proto::pool`]), the established connections, and the
+//! connection attempts in flight. Every other task talks to it through [`NodeHandle`] over a
+//! bounded channel (ARCHITECTURE.md "Contracts").
+//!
+//! Connection attempts, both directions (BEHAVIOUR.md §1.2-1.4):
+//! 1. outgoing: the point is registered, checked (`check_dial`: not ours, not banned,
+//!    trusted in private mode) and set Requested; incoming: the address is checked against
+//!    the ACL before any byte is read, and at most `max_incoming_handshakes` run at once;
+//! 2. the handshake runs under its timeout; a failure that shows garbage or malice
+//!    greylists the address;
+//! 3. admission: version selection, then the pool's `check_connection` (expected peer id,
+//!    bans, private mode, already connected), then the slot check; refusals with a motive
+//!    are answered with a Nack carrying up to 50 known points;
+//! 4. point and peer go Accepted, the Ack exchange runs, then Running; every later failure
+//!    or disconnection sets them back to Disconnected, with the point's backoff.
+//!
+//! When two nodes dial each other at once, the connection dialed by the smaller peer id
+//! wins on both sides; a duplicate that still completes is closed.
+//!
+//! While fewer than `min_connections` are running, the node dials the pool's candidates
+//! (known points past their backoff); trusted points (`--peer`) are redialed whenever they
+//! are not connected. The full maintenance worker comes in its own module.
 
 use crate::connection::{
     self, CloseReason, ConnectionHandle, ConnectionInfo, ConnectionNotice, ControlMessage,
     QueueConfig,
 };
 use crate::io_scheduler::{IoScheduler, IoSchedulerConfig, IoSchedulerError, Stat};
+use crate::peers_file;
 use crate::scheduled_stream::ScheduledStream;
 use crate::socket::{self, SocketError};
 use peerpool_proto::connection_message::{ConnectionMetadata, NackMotive, SupportedVersions};
@@ -19,20 +40,32 @@ use peerpool_proto::handshake::{Direction, HandshakeConfig, HandshakeError};
 use peerpool_proto::identity::{Identity, PeerId, PowTarget};
 use peerpool_proto::message::AppMessage;
 use peerpool_proto::point::Point;
-use rand::RngCore;
-use std::collections::{BTreeSet, HashMap};
+use peerpool_proto::pool::{
+    Failure, IdPoint, Medium, P2pEvent, PeerState, PointState, Pool, PoolConfig, PoolError, Time,
+    Trigger,
+};
+use rand::{RngCore, SeedableRng};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Most points sent in one Advertise or Nack (octez sends up to 50).
 pub const ADVERTISE_POINTS: usize = 50;
+
+/// Peer metadata kept by the node's pool: opaque JSON, so an octez peers file (whose
+/// metadata is the shell's) loads and saves unchanged.
+pub type NodePeerMeta = serde_json::Value;
+
+/// The node's pool.
+pub type NodePool = Pool<NodePeerMeta>;
 
 /// Node settings. Defaults follow octez (WIRE.md §9, BEHAVIOUR.md §9).
 #[derive(Debug, Clone)]
@@ -51,9 +84,6 @@ pub struct NodeConfig {
     pub connection_timeout: Duration,
     /// Incoming: the whole handshake (default 5 s).
     pub authentication_timeout: Duration,
-    /// Established connections above which new ones are refused with
-    /// `Too_many_connections` (default 100).
-    pub max_connections: usize,
     /// Incoming handshakes in progress at once; more are closed at accept (default 20).
     pub max_incoming_handshakes: usize,
     /// Plaintext bytes per chunk (default 65517).
@@ -62,18 +92,22 @@ pub struct NodeConfig {
     pub queues: QueueConfig,
     /// Send Bootstrap to each new peer, to learn points (default true).
     pub bootstrap_on_connect: bool,
-    /// Most known points kept (default 400).
-    pub max_known_points: usize,
-    /// First delay before redialing a persistent peer (default 1 s); grows by 1.2 per
-    /// failure up to `redial_max_delay` (default 60 s).
-    pub redial_initial_delay: Duration,
-    /// Cap of the redial delay.
-    pub redial_max_delay: Duration,
+    /// The pool: known points and peers bounds, backoff, ACL sizes, private mode,
+    /// `min_connections` (the node dials known points while fewer run, default 10) and
+    /// `max_connections` (the slot check, default 100).
+    pub pool: PoolConfig,
+    /// Where `peers.json` lives (loaded at start, saved every `peers_file_interval` and at
+    /// shutdown); `None` keeps the pool in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// How often the peers file is saved (default 5 min).
+    pub peers_file_interval: Duration,
     /// The I/O scheduler every connection's bytes go through: global upload and download
     /// caps (bytes per second), read size, queue bounds (BEHAVIOUR.md §6).
     pub io_scheduler: IoSchedulerConfig,
     /// How long closing a connection may wait for its queued bytes to go out (default 3 s).
     pub close_timeout: Duration,
+    /// Seed of the node's decisions (point sampling, hash keys); `None` draws one.
+    pub seed: Option<u64>,
 }
 
 impl NodeConfig {
@@ -88,17 +122,22 @@ impl NodeConfig {
             metadata: ConnectionMetadata::default(),
             connection_timeout: Duration::from_secs(10),
             authentication_timeout: Duration::from_secs(5),
-            max_connections: 100,
             max_incoming_handshakes: 20,
             chunk_payload_size: MAX_CHUNK_PAYLOAD,
             queues: QueueConfig::default(),
             bootstrap_on_connect: true,
-            max_known_points: 400,
-            redial_initial_delay: Duration::from_secs(1),
-            redial_max_delay: Duration::from_secs(60),
+            pool: PoolConfig::default(),
+            data_dir: None,
+            peers_file_interval: Duration::from_secs(300),
             io_scheduler: IoSchedulerConfig::default(),
             close_timeout: Duration::from_secs(3),
+            seed: None,
         }
+    }
+
+    /// `<data_dir>/peers.json`, when there is a data directory.
+    pub fn peers_file(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| d.join("peers.json"))
     }
 }
 
@@ -117,14 +156,10 @@ pub enum ConnectError {
     /// The handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] SocketError),
-    /// The peer is not the one expected at this point.
-    #[error("expected peer {expected} but {actual} answered")]
-    UnexpectedPeer {
-        /// Who we wanted.
-        expected: PeerId,
-        /// Who answered.
-        actual: PeerId,
-    },
+    /// The pool refused the point or the peer (ours, banned, private mode, unexpected peer
+    /// id, already connected or pending).
+    #[error("refused by the pool: {0}")]
+    Pool(PoolError),
     /// We refused the peer with this Nack motive.
     #[error("we rejected the peer: {0}")]
     RejectedByUs(NackMotive),
@@ -134,15 +169,6 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Whether this is an expected outcome of two nodes dialing each other at once
-    /// (`Already_connected` either way), logged at debug level only.
-    pub fn is_routine(&self) -> bool {
-        matches!(
-            self,
-            ConnectError::RejectedByUs(NackMotive::AlreadyConnected)
-        ) || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
-    }
-
     /// The Nack motive and points, if the peer refused us.
     pub fn nack(&self) -> Option<(NackMotive, &[Point])> {
         match self {
@@ -150,6 +176,29 @@ impl ConnectError {
                 motive,
                 points,
             })) => Some((*motive, points)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an expected outcome of two nodes dialing each other at once
+    /// (`Already_connected` either way), logged at debug level only.
+    pub fn is_routine(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::RejectedByUs(NackMotive::AlreadyConnected)
+                | ConnectError::Pool(PoolError::AlreadyConnected(_))
+        ) || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
+    }
+
+    /// How the pool's ACL sees this failure (BEHAVIOUR.md §5), if it cares.
+    fn acl_failure(&self) -> Option<Failure> {
+        match self {
+            ConnectError::Handshake(e) if e.greylists_peer_address() => {
+                Some(Failure::HandshakeMisbehaviour)
+            }
+            ConnectError::Pool(PoolError::IdentityCheckFailure { .. }) => {
+                Some(Failure::UnexpectedPeerId { running: false })
+            }
             _ => None,
         }
     }
@@ -169,9 +218,14 @@ pub enum NodeError {
     /// The I/O scheduler configuration is invalid.
     #[error(transparent)]
     Scheduler(#[from] IoSchedulerError),
+    /// The pool configuration is invalid.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }
 
-/// What happens in the node, for subscribers (logs, sandbox, tests).
+/// What happens in the node, for subscribers (logs, sandbox, tests). Delivered through a
+/// bounded channel: a subscriber that falls behind loses the oldest events and is told
+/// how many (`RecvError::Lagged`); it never blocks the node.
 #[derive(Debug, Clone)]
 pub enum NodeEvent {
     /// A connection is established.
@@ -213,6 +267,8 @@ pub enum NodeEvent {
         /// The points.
         points: Vec<Point>,
     },
+    /// An event of the pool (BEHAVIOUR.md §11), in the pool's order.
+    Pool(P2pEvent),
 }
 
 /// Totals of a node.
@@ -220,47 +276,75 @@ pub enum NodeEvent {
 pub struct NodeStats {
     /// Established connections now.
     pub connections: usize,
+    /// Known points.
+    pub known_points: usize,
+    /// Known peer ids.
+    pub known_peer_ids: usize,
     /// The I/O scheduler's totals and current flows over every connection, handshakes and
     /// closed connections included (bytes, bytes per second).
     pub io: Stat,
+}
+
+type PoolFn = Box<dyn FnOnce(&mut NodePool, Time) + Send>;
+
+/// What the owner decided about an authenticated peer.
+#[derive(Debug)]
+enum Admission {
+    /// Send Ack.
+    Accept,
+    /// Send a Nack with this motive and these points.
+    Nack(NackMotive, Vec<Point>),
+    /// Close without a word (bans, private mode, unexpected peer id).
+    Close(PoolError),
 }
 
 enum Command<M> {
     Connect {
         point: Point,
         expected: Option<PeerId>,
-        reply: oneshot::Sender<Result<PeerId, ConnectError>>,
+        trusted: bool,
+        reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>,
     },
-    AddPeer {
-        point: Point,
-        expected: Option<PeerId>,
+    Incoming {
+        remote_addr: SocketAddr,
+        reply: oneshot::Sender<Option<u64>>,
     },
     Admit {
+        attempt: u64,
         peer_id: PeerId,
-        direction: Direction,
-        reply: oneshot::Sender<Result<(), (NackMotive, Vec<Point>)>>,
-    },
-    AdmitCancelled {
-        peer_id: PeerId,
+        announced_port: Option<u16>,
+        metadata: ConnectionMetadata,
+        reply: oneshot::Sender<Admission>,
     },
     NackPoints {
         reply: oneshot::Sender<Vec<Point>>,
     },
     Established {
+        attempt: u64,
         connection: ConnectionHandle<M>,
     },
-    DialEnded {
-        point: Point,
-        result: Result<PeerId, Arc<ConnectError>>,
+    AttemptEnded {
+        attempt: u64,
+        result: Result<PeerId, ConnectError>,
     },
     Connections {
         reply: oneshot::Sender<Vec<ConnectionHandle<M>>>,
     },
-    KnownPoints {
-        reply: oneshot::Sender<Vec<Point>>,
-    },
     Stats {
         reply: oneshot::Sender<NodeStats>,
+    },
+    WithPool(PoolFn),
+    GreylistPeer {
+        peer_id: PeerId,
+    },
+    BanPeer {
+        peer_id: PeerId,
+    },
+    BanPoint {
+        point: Point,
+    },
+    SavePeers {
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -305,7 +389,8 @@ impl<M: AppMessage> NodeHandle<M> {
     }
 
     /// Dials `point` once and waits for the outcome: the peer's id once established.
-    /// `expected` checks the peer's identity (`addr:port#peer_id`).
+    /// `expected` checks the peer's identity (`addr:port#peer_id`) and is recorded on the
+    /// point (BEHAVIOUR.md §4.5).
     pub async fn connect(
         &self,
         point: Point,
@@ -314,18 +399,24 @@ impl<M: AppMessage> NodeHandle<M> {
         self.ask(|reply| Command::Connect {
             point,
             expected,
-            reply,
+            trusted: false,
+            reply: Some(reply),
         })
         .await
         .unwrap_or(Err(ConnectError::NodeStopped))
     }
 
-    /// Adds a persistent peer: dialed now and redialed with backoff whenever it is not
-    /// connected.
+    /// Adds a trusted point (octez `--peer`): dialed now, and again with the point's backoff
+    /// whenever it is not connected; it is never garbage-collected.
     pub async fn add_peer(&self, point: Point, expected: Option<PeerId>) {
         let _ = self
             .commands
-            .send(Command::AddPeer { point, expected })
+            .send(Command::Connect {
+                point,
+                expected,
+                trusted: true,
+                reply: None,
+            })
             .await;
     }
 
@@ -336,14 +427,55 @@ impl<M: AppMessage> NodeHandle<M> {
             .unwrap_or_default()
     }
 
-    /// The points this node knows (from its peers, Advertise and Nack).
+    /// The points the pool knows, sorted.
     pub async fn known_points(&self) -> Vec<Point> {
-        self.ask(|reply| Command::KnownPoints { reply })
+        let mut points = self
+            .with_pool(|pool, _| pool.points().map(|p| p.point()).collect::<Vec<_>>())
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        points.sort();
+        points
     }
 
-    /// Connection count and byte totals.
+    /// Runs `f` on the pool inside the owner task, with the current time, and returns its
+    /// result (`None` once the node has stopped). For queries and settings of the pool's
+    /// API (point and peer info, state, trust, metadata …); bans and greylisting that
+    /// must also close connections have their own methods below.
+    pub async fn with_pool<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodePool, Time) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = oneshot::channel();
+        let job: PoolFn = Box::new(move |pool, now| {
+            let _ = tx.send(f(pool, now));
+        });
+        self.commands.send(Command::WithPool(job)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Greylists a peer (its id and its last known address) and closes its connection.
+    pub async fn greylist_peer(&self, peer_id: PeerId) {
+        let _ = self.commands.send(Command::GreylistPeer { peer_id }).await;
+    }
+
+    /// Blacklists a peer id and closes its connection.
+    pub async fn ban_peer(&self, peer_id: PeerId) {
+        let _ = self.commands.send(Command::BanPeer { peer_id }).await;
+    }
+
+    /// Blacklists a point's address and closes the connections from it.
+    pub async fn ban_point(&self, point: Point) {
+        let _ = self.commands.send(Command::BanPoint { point }).await;
+    }
+
+    /// Saves the peers file now (atomically); errors are described in text.
+    pub async fn save_peers(&self) -> Result<(), String> {
+        self.ask(|reply| Command::SavePeers { reply })
+            .await
+            .unwrap_or(Err("node stopped".into()))
+    }
+
+    /// Connection count, pool sizes and I/O totals.
     pub async fn stats(&self) -> NodeStats {
         self.ask(|reply| Command::Stats { reply })
             .await
@@ -371,7 +503,8 @@ impl<M: AppMessage> NodeHandle<M> {
             .count()
     }
 
-    /// Closes every connection (each gets a Disconnect) and stops the node's tasks.
+    /// Closes every connection (each gets a Disconnect), saves the peers file, and stops
+    /// the node's tasks.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
     }
@@ -416,11 +549,43 @@ impl<M> std::fmt::Debug for Node<M> {
     }
 }
 
+/// The pool's clock: wall-clock time (the peers file stores dates) advanced by tokio's
+/// clock, so a paused test clock drives the pool too.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    origin: Instant,
+    wall: Duration,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            origin: Instant::now(),
+            wall: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_unix(self.wall + self.origin.elapsed())
+    }
+}
+
 impl<M: AppMessage> Node<M> {
-    /// Binds the listener (if any) and starts the node's tasks.
+    /// Binds the listener (if any), loads the peers file (if any), and starts the node's
+    /// tasks.
     ///
-    /// Errors with [`NodeError::Bind`] when the address cannot be bound.
+    /// Errors: [`NodeError::Bind`] when the address cannot be bound; invalid scheduler or
+    /// pool settings. An unusable peers file is not an error: it is moved aside, logged,
+    /// and the node starts with an empty pool.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let mut rng = match config.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
+        };
+        let clock = Clock::new();
+        let mut pool = NodePool::new(config.pool.clone(), &mut rng)?;
         let scheduler = IoScheduler::new(config.io_scheduler)?;
         let listener = match config.listen_addr {
             Some(addr) => Some(
@@ -431,6 +596,18 @@ impl<M: AppMessage> Node<M> {
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(addr) = local_addr.filter(|a| !a.ip().is_unspecified()) {
+            pool.add_to_id_points(Point::from(addr));
+        }
+        if let Some(path) = config.peers_file() {
+            match peers_file::load::<NodePeerMeta>(&path) {
+                Ok(records) => {
+                    let added = pool.load_peer_records(clock.now(), records);
+                    info!(path = %path.display(), peers = added, points = pool.known_points_len(), "peers file loaded");
+                }
+                Err(e) => error!(error = %e, "peers file not loaded; starting with an empty pool"),
+            }
+        }
         let (commands, command_rx) = mpsc::channel(1024);
         let (notices, notice_rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
@@ -447,12 +624,14 @@ impl<M: AppMessage> Node<M> {
         let welcome = listener.map(|l| tokio::spawn(welcome(l, shared.clone())));
         let owner = Owner {
             shared: shared.clone(),
+            pool,
+            rng,
+            clock,
             connections: HashMap::new(),
-            admitted: HashMap::new(),
-            known_points: BTreeSet::new(),
-            persistent: HashMap::new(),
-            point_peer: HashMap::new(),
-            own_point: local_addr.map(Point::from),
+            attempts: HashMap::new(),
+            next_attempt: 1,
+            pending: HashMap::new(),
+            point_owner: HashMap::new(),
         };
         tokio::spawn(owner.run(command_rx, notice_rx, welcome));
         let peer_id = shared.config.identity.peer_id;
@@ -488,8 +667,9 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// The welcome worker: accepts connections and starts their handshakes, refusing at once
-/// beyond `max_incoming_handshakes` in flight (BEHAVIOUR.md §1.2).
+/// The welcome worker: accepts connections, asks the owner whether the address may
+/// connect (ACL) and starts their handshakes, refusing at once beyond
+/// `max_incoming_handshakes` in flight (BEHAVIOUR.md §1.2).
 async fn welcome<M: AppMessage>(listener: TcpListener, shared: Arc<Shared<M>>) {
     let slots = Arc::new(Semaphore::new(shared.config.max_incoming_handshakes));
     loop {
@@ -505,64 +685,46 @@ async fn welcome<M: AppMessage>(listener: TcpListener, shared: Arc<Shared<M>>) {
             debug!(%remote_addr, "too many incoming handshakes: closing");
             continue;
         };
+        let (tx, rx) = oneshot::channel();
+        if shared
+            .commands
+            .send(Command::Incoming {
+                remote_addr,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(Some(attempt)) = rx.await else {
+            debug!(%remote_addr, "incoming connection from a banned address: closing");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let timeout = shared.config.authentication_timeout;
             let result = tokio::time::timeout(
                 timeout,
-                handshake(stream, remote_addr, Direction::Incoming, None, &shared),
+                handshake(stream, remote_addr, Direction::Incoming, attempt, &shared),
             )
-            .await;
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(timeout)));
             drop(permit);
-            let result = result.unwrap_or(Err(ConnectError::Timeout(timeout)));
-            if let Err(e) = result {
-                report_failure(&shared, remote_addr, Direction::Incoming, e);
-            }
+            let _ = shared
+                .commands
+                .send(Command::AttemptEnded { attempt, result })
+                .await;
         });
     }
 }
 
-fn report_failure<M>(
-    shared: &Shared<M>,
-    remote_addr: SocketAddr,
-    direction: Direction,
-    error: ConnectError,
-) {
-    if error.is_routine() {
-        debug!(%remote_addr, ?direction, error = %error, "handshake ended");
-    } else {
-        warn!(%remote_addr, ?direction, error = %error, "handshake failed");
-    }
-    let _ = shared.events.send(NodeEvent::HandshakeFailed {
-        remote_addr,
-        direction,
-        error: Arc::new(error),
-    });
-}
-
-/// Releases an admission slot if the handshake does not reach `Established`.
-struct AdmitGuard<M> {
-    commands: mpsc::Sender<Command<M>>,
-    peer_id: PeerId,
-    armed: bool,
-}
-
-impl<M> Drop for AdmitGuard<M> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.commands.try_send(Command::AdmitCancelled {
-                peer_id: self.peer_id,
-            });
-        }
-    }
-}
-
-/// Authenticates, decides, and on success registers the connection with the owner.
+/// Authenticates, asks the owner for admission, and on success registers the connection.
 async fn handshake<M: AppMessage>(
     tcp: TcpStream,
     remote_addr: SocketAddr,
     direction: Direction,
-    expected: Option<PeerId>,
+    attempt: u64,
     shared: &Arc<Shared<M>>,
 ) -> Result<PeerId, ConnectError> {
     let _ = tcp.set_nodelay(true);
@@ -576,13 +738,6 @@ async fn handshake<M: AppMessage>(
     rand::rng().fill_bytes(&mut nonce);
     let auth = socket::authenticate(stream, shared.handshake_config(), direction, nonce).await?;
     let peer_id = auth.peer_id;
-    if let Some(expected) = expected.filter(|e| *e != peer_id) {
-        drop(auth.into_stream());
-        return Err(ConnectError::UnexpectedPeer {
-            expected,
-            actual: peer_id,
-        });
-    }
     let announced = auth.connection_message.version.clone();
     let version = match shared.config.versions.select(&announced) {
         Ok(v) => v,
@@ -601,21 +756,25 @@ async fn handshake<M: AppMessage>(
     shared
         .commands
         .send(Command::Admit {
+            attempt,
             peer_id,
-            direction,
+            announced_port: auth.connection_message.port,
+            metadata: auth.metadata,
             reply: tx,
         })
         .await
         .map_err(|_| ConnectError::NodeStopped)?;
-    if let Err((motive, points)) = rx.await.map_err(|_| ConnectError::NodeStopped)? {
-        auth.reject(motive, points).await?;
-        return Err(ConnectError::RejectedByUs(motive));
+    match rx.await.map_err(|_| ConnectError::NodeStopped)? {
+        Admission::Accept => {}
+        Admission::Nack(motive, points) => {
+            auth.reject(motive, points).await?;
+            return Err(ConnectError::RejectedByUs(motive));
+        }
+        Admission::Close(e) => {
+            drop(auth.into_stream());
+            return Err(ConnectError::Pool(e));
+        }
     }
-    let mut guard = AdmitGuard {
-        commands: shared.commands.clone(),
-        peer_id,
-        armed: true,
-    };
     let listening_point = auth.listening_point(remote_addr);
     let metadata = auth.metadata;
     let established = auth.accept(version.clone()).await?;
@@ -635,10 +794,12 @@ async fn handshake<M: AppMessage>(
         shared.config.queues,
         shared.notices.clone(),
     );
-    guard.armed = false;
     shared
         .commands
-        .send(Command::Established { connection })
+        .send(Command::Established {
+            attempt,
+            connection,
+        })
         .await
         .map_err(|_| ConnectError::NodeStopped)?;
     Ok(peer_id)
@@ -647,11 +808,11 @@ async fn handshake<M: AppMessage>(
 /// Dials `point` (from our listening IP when we have one) under `connection_timeout`.
 async fn dial<M: AppMessage>(
     point: Point,
-    expected: Option<PeerId>,
+    attempt: u64,
     shared: Arc<Shared<M>>,
 ) -> Result<PeerId, ConnectError> {
     let timeout = shared.config.connection_timeout;
-    let attempt = async {
+    let run = async {
         let addr = point.socket_addr();
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -665,29 +826,38 @@ async fn dial<M: AppMessage>(
                 .map_err(ConnectError::Connect)?;
         }
         let stream = socket.connect(addr).await.map_err(ConnectError::Connect)?;
-        handshake(stream, addr, Direction::Outgoing, expected, &shared).await
+        handshake(stream, addr, Direction::Outgoing, attempt, &shared).await
     };
-    tokio::time::timeout(timeout, attempt)
+    tokio::time::timeout(timeout, run)
         .await
         .unwrap_or(Err(ConnectError::Timeout(timeout)))
 }
 
-struct Persistent {
+/// A connection attempt in flight.
+struct Attempt {
+    direction: Direction,
+    remote_addr: SocketAddr,
+    /// Outgoing: the dialed point; incoming: the peer's listening point, once announced.
+    point: Option<Point>,
+    /// Set when admitted.
+    peer_id: Option<PeerId>,
     expected: Option<PeerId>,
-    delay: Duration,
-    next_attempt: Instant,
-    dialing: bool,
+    reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>,
 }
 
 /// The single task owning node state.
 struct Owner<M> {
     shared: Arc<Shared<M>>,
+    pool: NodePool,
+    rng: rand::rngs::StdRng,
+    clock: Clock,
     connections: HashMap<PeerId, ConnectionHandle<M>>,
-    admitted: HashMap<PeerId, usize>,
-    known_points: BTreeSet<Point>,
-    persistent: HashMap<Point, Persistent>,
-    point_peer: HashMap<Point, PeerId>,
-    own_point: Option<Point>,
+    attempts: HashMap<u64, Attempt>,
+    next_attempt: u64,
+    /// The admitted attempt that owns each peer's Accepted state.
+    pending: HashMap<PeerId, u64>,
+    /// The attempt that owns each point's Requested/Accepted state.
+    point_owner: HashMap<Point, u64>,
 }
 
 impl<M: AppMessage> Owner<M> {
@@ -699,11 +869,16 @@ impl<M: AppMessage> Owner<M> {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut save = tokio::time::interval(self.shared.config.peers_file_interval);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        save.tick().await;
         loop {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown { reply }) => {
-                        if let Some(w) = &welcome { w.abort(); }
+                        if let Some(w) = &welcome {
+                            w.abort();
+                        }
                         self.shutdown(&mut notices).await;
                         let _ = reply.send(());
                         return;
@@ -712,8 +887,14 @@ impl<M: AppMessage> Owner<M> {
                     None => return,
                 },
                 Some(notice) = notices.recv() => self.handle_notice(notice),
-                _ = tick.tick() => self.redial(),
+                _ = tick.tick() => self.maintain(),
+                _ = save.tick() => {
+                    if let Err(e) = self.save_peers().await {
+                        error!(error = %e, "peers file not saved");
+                    }
+                }
             }
+            self.forward_pool_events();
         }
     }
 
@@ -721,78 +902,87 @@ impl<M: AppMessage> Owner<M> {
         let _ = self.shared.events.send(event);
     }
 
-    fn add_known(&mut self, point: Point) -> bool {
-        if Some(point) == self.own_point
-            || point.port() == 0
-            || self.known_points.len() >= self.shared.config.max_known_points
-        {
-            return false;
+    /// Moves the pool's events to subscribers and acts on its triggers.
+    fn forward_pool_events(&mut self) {
+        while let Some(event) = self.pool.poll_event() {
+            self.emit(NodeEvent::Pool(event));
         }
-        self.known_points.insert(point)
+        let mut dial = false;
+        while let Some(trigger) = self.pool.poll_trigger() {
+            dial |= matches!(trigger, Trigger::TooFewConnections | Trigger::NewPoint);
+        }
+        if dial {
+            self.maintain();
+        }
     }
 
-    /// Up to 50 points to share, never the asking peer's own point nor private peers'.
-    fn shareable_points(&self, except: Option<Point>) -> Vec<Point> {
-        let private: Vec<Point> = self
-            .connections
-            .values()
-            .filter(|c| c.info.metadata.private_node)
-            .filter_map(|c| c.info.listening_point)
-            .collect();
-        self.known_points
-            .iter()
-            .filter(|p| Some(**p) != except && !private.contains(p))
-            .take(ADVERTISE_POINTS)
-            .copied()
-            .collect()
+    /// Up to 50 public points to share, never the asking peer's own point.
+    fn shareable_points(&mut self, except: Option<Point>) -> Vec<Point> {
+        let mut points = self
+            .pool
+            .list_known_points(true, ADVERTISE_POINTS + 1, &mut self.rng);
+        points.retain(|p| Some(*p) != except);
+        points.truncate(ADVERTISE_POINTS);
+        points
     }
 
-    fn is_point_connected(&self, point: &Point) -> bool {
-        self.point_peer.get(point).is_some_and(|peer| {
-            self.connections.contains_key(peer) || self.admitted.contains_key(peer)
-        })
+    fn new_attempt(&mut self, attempt: Attempt) -> u64 {
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        self.attempts.insert(id, attempt);
+        id
     }
 
     fn start_dial(
         &mut self,
         point: Point,
         expected: Option<PeerId>,
+        trusted: bool,
         reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>,
     ) {
+        let now = self.clock.now();
+        let refuse = |reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>, e| {
+            debug!(%point, error = %e, "not dialing");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ConnectError::Pool(e)));
+            }
+        };
+        if let Err(e) = self.pool.check_dial(&point) {
+            return refuse(reply, e);
+        }
+        self.pool
+            .register_point(now, point, trusted.then_some(true), expected);
+        if self.pool.active_connections() >= self.pool.config().max_connections {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ConnectError::RejectedByUs(
+                    NackMotive::TooManyConnections,
+                )));
+            }
+            return;
+        }
+        match self.pool.point_state(&point) {
+            Some(PointState::Disconnected) => {}
+            Some(_) => return refuse(reply, PoolError::AlreadyConnected(point)),
+            None => return refuse(reply, PoolError::UnknownPoint(point)),
+        }
+        if let Err(e) = self.pool.set_point_requested(now, &point) {
+            return refuse(reply, e);
+        }
+        let attempt = self.new_attempt(Attempt {
+            direction: Direction::Outgoing,
+            remote_addr: point.socket_addr(),
+            point: Some(point),
+            peer_id: None,
+            expected,
+            reply,
+        });
+        self.point_owner.insert(point, attempt);
         let shared = self.shared.clone();
-        let commands = self.shared.commands.clone();
         tokio::spawn(async move {
-            let result = dial(point, expected, shared.clone()).await;
-            let for_owner = match result {
-                Ok(peer) => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(peer));
-                    }
-                    Ok(peer)
-                }
-                Err(e) => {
-                    if e.is_routine() {
-                        debug!(%point, error = %e, "dial ended");
-                    } else {
-                        warn!(%point, error = %e, "dial failed");
-                    }
-                    let e = Arc::new(e);
-                    let _ = shared.events.send(NodeEvent::HandshakeFailed {
-                        remote_addr: point.socket_addr(),
-                        direction: Direction::Outgoing,
-                        error: e.clone(),
-                    });
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(clone_error(&e)));
-                    }
-                    Err(e)
-                }
-            };
-            let _ = commands
-                .send(Command::DialEnded {
-                    point,
-                    result: for_owner,
-                })
+            let result = dial(point, attempt, shared.clone()).await;
+            let _ = shared
+                .commands
+                .send(Command::AttemptEnded { attempt, result })
                 .await;
         });
     }
@@ -802,88 +992,80 @@ impl<M: AppMessage> Owner<M> {
             Command::Connect {
                 point,
                 expected,
+                trusted,
                 reply,
-            } => self.start_dial(point, expected, Some(reply)),
-            Command::AddPeer { point, expected } => {
-                self.add_known(point);
-                self.persistent.insert(
-                    point,
-                    Persistent {
-                        expected,
-                        delay: self.shared.config.redial_initial_delay,
-                        next_attempt: Instant::now(),
-                        dialing: false,
-                    },
-                );
-                self.redial();
+            } => self.start_dial(point, expected, trusted, reply),
+            Command::Incoming { remote_addr, reply } => {
+                let allowed = self.pool.check_incoming_addr(remote_addr.ip()).is_ok();
+                let attempt = allowed.then(|| {
+                    self.new_attempt(Attempt {
+                        direction: Direction::Incoming,
+                        remote_addr,
+                        point: None,
+                        peer_id: None,
+                        expected: None,
+                        reply: None,
+                    })
+                });
+                let _ = reply.send(attempt);
             }
             Command::Admit {
+                attempt,
                 peer_id,
-                direction,
+                announced_port,
+                metadata,
                 reply,
             } => {
-                let decision = if self.connections.contains_key(&peer_id)
-                    || (self.admitted.contains_key(&peer_id) && !self.wins_tie(peer_id, direction))
-                {
-                    Err(NackMotive::AlreadyConnected)
-                } else if self.connections.len() + self.admitted.values().sum::<usize>()
-                    >= self.shared.config.max_connections
-                {
-                    Err(NackMotive::TooManyConnections)
-                } else {
-                    Ok(())
-                };
-                match decision {
-                    Ok(()) => {
-                        *self.admitted.entry(peer_id).or_default() += 1;
-                        let _ = reply.send(Ok(()));
-                    }
-                    Err(motive) => {
-                        let _ = reply.send(Err((motive, self.shareable_points(None))));
-                    }
-                }
+                let admission = self.admit(attempt, peer_id, announced_port, metadata);
+                let _ = reply.send(admission);
             }
-            Command::AdmitCancelled { peer_id } => self.release(peer_id),
             Command::NackPoints { reply } => {
-                let _ = reply.send(self.shareable_points(None));
+                let points = self.shareable_points(None);
+                let _ = reply.send(points);
             }
-            Command::Established { connection } => self.established(connection),
-            Command::DialEnded { point, result } => {
-                match &result {
-                    Ok(peer) => {
-                        self.point_peer.insert(point, *peer);
-                    }
-                    Err(e) => {
-                        // A Nack's referral points are worth knowing (BEHAVIOUR.md §1.2).
-                        for q in e.nack().map(|(_, points)| points).unwrap_or_default() {
-                            self.add_known(*q);
-                        }
-                    }
-                }
-                let config = &self.shared.config;
-                if let Some(p) = self.persistent.get_mut(&point) {
-                    p.dialing = false;
-                    if result.is_ok() {
-                        p.delay = config.redial_initial_delay;
-                    } else {
-                        p.next_attempt = Instant::now() + p.delay;
-                        p.delay = p.delay.mul_f64(1.2).min(config.redial_max_delay);
-                    }
-                }
-            }
+            Command::Established {
+                attempt,
+                connection,
+            } => self.established(attempt, connection),
+            Command::AttemptEnded { attempt, result } => self.attempt_ended(attempt, result),
             Command::Connections { reply } => {
                 let _ = reply.send(self.connections.values().cloned().collect());
-            }
-            Command::KnownPoints { reply } => {
-                let _ = reply.send(self.known_points.iter().copied().collect());
             }
             Command::Stats { reply } => {
                 let _ = reply.send(NodeStats {
                     connections: self.connections.len(),
+                    known_points: self.pool.known_points_len(),
+                    known_peer_ids: self.pool.known_peer_ids_len(),
                     io: self.shared.scheduler.global_stat(),
                 });
             }
+            Command::WithPool(f) => f(&mut self.pool, self.clock.now()),
+            Command::GreylistPeer { peer_id } => {
+                self.pool.greylist_peer(self.clock.now(), &peer_id);
+                self.close_peer(&peer_id, "greylisted");
+            }
+            Command::BanPeer { peer_id } => {
+                if let Some(d) = self.pool.ban_peer(&peer_id) {
+                    self.close_peer(&d.peer_id, "banned");
+                }
+                self.close_peer(&peer_id, "banned");
+            }
+            Command::BanPoint { point } => {
+                for d in self.pool.ban_point(&point) {
+                    self.close_peer(&d.peer_id, "banned");
+                }
+            }
+            Command::SavePeers { reply } => {
+                let result = self.save_peers_blocking();
+                let _ = reply.send(result);
+            }
             Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn close_peer(&self, peer_id: &PeerId, why: &'static str) {
+        if let Some(c) = self.connections.get(peer_id) {
+            c.close(why);
         }
     }
 
@@ -899,44 +1081,247 @@ impl<M: AppMessage> Owner<M> {
         dialer == ours.min(peer_id)
     }
 
-    fn release(&mut self, peer_id: PeerId) {
-        if let Some(n) = self.admitted.get_mut(&peer_id) {
-            *n -= 1;
-            if *n == 0 {
-                self.admitted.remove(&peer_id);
+    /// The admission decision (BEHAVIOUR.md §1.2 "Acceptability", after version selection).
+    fn admit(
+        &mut self,
+        attempt_id: u64,
+        peer_id: PeerId,
+        announced_port: Option<u16>,
+        metadata: ConnectionMetadata,
+    ) -> Admission {
+        let now = self.clock.now();
+        let Some(attempt) = self.attempts.get(&attempt_id) else {
+            return Admission::Close(PoolError::UnknownPeer(peer_id));
+        };
+        let direction = attempt.direction;
+        let expected = attempt.expected;
+        let incoming = direction == Direction::Incoming;
+        let point = match direction {
+            Direction::Outgoing => attempt.point,
+            Direction::Incoming => {
+                announced_port.map(|port| Point::new(attempt.remote_addr.ip(), port))
+            }
+        };
+        self.pool.register_peer(now, peer_id);
+        if let (true, Some(p)) = (incoming, point) {
+            if !self.pool.is_my_point(&p) {
+                self.pool.register_new_point(now, p);
+            }
+        }
+        if let (Some(p), Some(e)) = (point, expected) {
+            if e != peer_id {
+                return Admission::Close(PoolError::IdentityCheckFailure {
+                    point: p,
+                    expected: e,
+                    got: peer_id,
+                });
+            }
+        }
+        // Duplicates first: established, or another admitted attempt (tie-break).
+        if self.connections.contains_key(&peer_id) {
+            return Admission::Nack(NackMotive::AlreadyConnected, self.shareable_points(point));
+        }
+        let takeover = match self.pending.get(&peer_id) {
+            Some(_) if !self.wins_tie(peer_id, direction) => {
+                return Admission::Nack(NackMotive::AlreadyConnected, self.shareable_points(point))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        // Our own dial to the same point in flight: the tie-break decides, as above.
+        let point_taken = point
+            .and_then(|p| self.point_owner.get(&p))
+            .is_some_and(|owner| *owner != attempt_id);
+        if point_taken && !takeover && !self.wins_tie(peer_id, direction) {
+            return Admission::Nack(NackMotive::AlreadyConnected, self.shareable_points(point));
+        }
+        if !takeover {
+            let check = match point {
+                Some(p) => self
+                    .pool
+                    .check_connection(&p, &peer_id, incoming && !point_taken),
+                None => self.check_peer_only(&peer_id),
+            };
+            match check {
+                Ok(()) => {}
+                Err(PoolError::AlreadyConnected(_)) => {
+                    return Admission::Nack(
+                        NackMotive::AlreadyConnected,
+                        self.shareable_points(point),
+                    )
+                }
+                Err(e) => return Admission::Close(e),
+            }
+        }
+        if self.pool.active_connections() + self.pending.len() >= self.pool.config().max_connections
+            && !takeover
+        {
+            return Admission::Nack(NackMotive::TooManyConnections, self.shareable_points(point));
+        }
+        // Accepted: take ownership of the point's and the peer's states.
+        if let Some(p) = point {
+            let _ = self.pool.set_known_public(&p, !metadata.private_node);
+            if self.pool.point_state(&p) != Some(PointState::Accepted { peer_id }) {
+                let _ = self.pool.set_point_accepted(now, &p, peer_id);
+            }
+            self.point_owner.insert(p, attempt_id);
+        }
+        let id_point = IdPoint {
+            addr: self
+                .attempts
+                .get(&attempt_id)
+                .map(|a| a.remote_addr.ip())
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            port: point.map(|p| p.port()),
+        };
+        if self.pool.peer_state(&peer_id) == Some(PeerState::Disconnected) {
+            let _ = self.pool.set_peer_accepted(now, &peer_id, id_point);
+        }
+        self.pending.insert(peer_id, attempt_id);
+        if let Some(a) = self.attempts.get_mut(&attempt_id) {
+            a.point = point;
+            a.peer_id = Some(peer_id);
+        }
+        Admission::Accept
+    }
+
+    /// Checks for a peer that announced no listening port (no point to check).
+    fn check_peer_only(&self, peer_id: &PeerId) -> Result<(), PoolError> {
+        if self.pool.peer_banned(peer_id) {
+            return Err(PoolError::PeerBanned(*peer_id));
+        }
+        let trusted = self.pool.peer(peer_id).is_some_and(|p| p.trusted);
+        if self.pool.config().private_mode && !trusted {
+            return Err(PoolError::PrivateMode(Point::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                0,
+            )));
+        }
+        match self.pool.peer_state(peer_id) {
+            Some(PeerState::Disconnected) | None => Ok(()),
+            Some(_) => Err(PoolError::AlreadyConnected(Point::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                0,
+            ))),
+        }
+    }
+
+    fn established(&mut self, attempt_id: u64, connection: ConnectionHandle<M>) {
+        let info = connection.info.clone();
+        let peer_id = info.peer_id;
+        let owns = self.pending.get(&peer_id) == Some(&attempt_id);
+        if !owns || self.connections.contains_key(&peer_id) {
+            debug!(%peer_id, "duplicate connection: closing the newer one");
+            connection.close("duplicate connection");
+            return;
+        }
+        self.pending.remove(&peer_id);
+        let now = self.clock.now();
+        let point = self.attempts.get(&attempt_id).and_then(|a| a.point);
+        if connection.is_closed() {
+            // Its tasks ended before the owner heard of it; their Closed notice was ignored
+            // as it came first, so nothing else would reset the pool's states.
+            debug!(%peer_id, "connection closed before it was registered");
+            self.release_states(attempt_id, peer_id, point);
+            return;
+        }
+        if let Some(p) = point {
+            let _ = self.pool.set_point_running(now, &p, peer_id);
+            self.point_owner.remove(&p);
+        }
+        let id_point = IdPoint {
+            addr: info.remote_addr.ip(),
+            port: point.map(|p| p.port()),
+        };
+        let _ = self.pool.set_peer_running(now, &peer_id, id_point);
+        info!(%peer_id, remote_addr = %info.remote_addr, direction = ?info.direction, "connection established");
+        if self.shared.config.bootstrap_on_connect {
+            connection.send_control(ControlMessage::Bootstrap);
+        }
+        self.connections.insert(peer_id, connection);
+        self.emit(NodeEvent::ConnectionEstablished {
+            peer_id,
+            remote_addr: info.remote_addr,
+            direction: info.direction,
+        });
+    }
+
+    /// Sets a failed attempt's point and peer back to Disconnected, if it owned them.
+    fn release_states(&mut self, attempt_id: u64, peer_id: PeerId, point: Option<Point>) {
+        let now = self.clock.now();
+        if self.pending.get(&peer_id) == Some(&attempt_id) {
+            self.pending.remove(&peer_id);
+        }
+        let free = !self.connections.contains_key(&peer_id) && !self.pending.contains_key(&peer_id);
+        if free
+            && matches!(
+                self.pool.peer_state(&peer_id),
+                Some(PeerState::Accepted { .. })
+            )
+        {
+            let _ = self.pool.set_peer_disconnected(now, &peer_id, false);
+        }
+        if let Some(p) = point {
+            if self.point_owner.get(&p) == Some(&attempt_id) {
+                self.point_owner.remove(&p);
+                let _ = self.pool.set_point_disconnected(now, &p, false);
             }
         }
     }
 
-    fn established(&mut self, connection: ConnectionHandle<M>) {
-        let info = connection.info.clone();
-        self.release(info.peer_id);
-        if connection.is_closed() {
-            // Its tasks ended before the owner heard of it; their Closed notice was ignored
-            // as it came first, so nothing else will remove it.
-            debug!(peer_id = %info.peer_id, "connection closed before it was registered");
-            connection.close("closed during registration");
+    fn attempt_ended(&mut self, attempt_id: u64, result: Result<PeerId, ConnectError>) {
+        let Some(mut attempt) = self.attempts.remove(&attempt_id) else {
             return;
+        };
+        let now = self.clock.now();
+        match &result {
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(peer_id) = attempt.peer_id {
+                    self.release_states(attempt_id, peer_id, attempt.point);
+                } else if let Some(p) = attempt.point {
+                    if self.point_owner.get(&p) == Some(&attempt_id) {
+                        self.point_owner.remove(&p);
+                        let _ = self.pool.set_point_disconnected(now, &p, false);
+                    }
+                }
+                if let Some(failure) = e.acl_failure() {
+                    let _ = self.pool.apply_failure(
+                        now,
+                        failure,
+                        attempt.remote_addr.ip(),
+                        attempt.peer_id,
+                    );
+                }
+                if let ConnectError::Handshake(SocketError::Handshake(HandshakeError::Myself)) = e {
+                    if let Some(p) = attempt.point {
+                        self.pool.add_to_id_points(p);
+                    }
+                }
+                if let Some((_, points)) = e.nack() {
+                    // A Nack's referral points are worth knowing (BEHAVIOUR.md §1.2).
+                    self.pool.register_list_of_new_points(
+                        now,
+                        Medium::Nack,
+                        attempt.peer_id,
+                        points.iter().copied(),
+                    );
+                }
+                if e.is_routine() {
+                    debug!(remote_addr = %attempt.remote_addr, direction = ?attempt.direction, error = %e, "connection attempt ended");
+                } else {
+                    warn!(remote_addr = %attempt.remote_addr, direction = ?attempt.direction, error = %e, "connection attempt failed");
+                }
+                self.emit(NodeEvent::HandshakeFailed {
+                    remote_addr: attempt.remote_addr,
+                    direction: attempt.direction,
+                    error: Arc::new(clone_error(e)),
+                });
+            }
         }
-        if self.connections.contains_key(&info.peer_id) {
-            debug!(peer_id = %info.peer_id, "duplicate connection: closing the newer one");
-            connection.close("duplicate connection");
-            return;
+        if let Some(reply) = attempt.reply.take() {
+            let _ = reply.send(result);
         }
-        info!(peer_id = %info.peer_id, remote_addr = %info.remote_addr, direction = ?info.direction, "connection established");
-        if let Some(p) = info.listening_point {
-            self.add_known(p);
-            self.point_peer.insert(p, info.peer_id);
-        }
-        if self.shared.config.bootstrap_on_connect {
-            connection.send_control(ControlMessage::Bootstrap);
-        }
-        self.connections.insert(info.peer_id, connection);
-        self.emit(NodeEvent::ConnectionEstablished {
-            peer_id: info.peer_id,
-            remote_addr: info.remote_addr,
-            direction: info.direction,
-        });
     }
 
     fn handle_notice(&mut self, notice: ConnectionNotice) {
@@ -946,16 +1331,32 @@ impl<M: AppMessage> Owner<M> {
                 peer_id,
                 reason,
             } => {
-                if self
+                let Some(conn) = self
                     .connections
                     .get(&peer_id)
-                    .is_none_or(|c| c.info.id != id)
-                {
+                    .filter(|c| c.info.id == id)
+                    .cloned()
+                else {
                     return;
-                }
+                };
                 self.connections.remove(&peer_id);
+                let now = self.clock.now();
+                let requested = matches!(reason, CloseReason::Local(_));
+                let point = conn.info.listening_point.or_else(|| {
+                    (conn.info.direction == Direction::Outgoing)
+                        .then(|| Point::from(conn.info.remote_addr))
+                });
+                if let Some(p) = point {
+                    if matches!(self.pool.point_state(&p), Some(PointState::Running { peer_id: q }) if q == peer_id)
+                    {
+                        let _ = self.pool.set_point_disconnected(now, &p, requested);
+                    }
+                }
+                let _ = self.pool.set_peer_disconnected(now, &peer_id, requested);
                 if reason.is_peer_fault() {
-                    warn!(%peer_id, %reason, "connection closed");
+                    // A decoding error greylists the peer: its id and its address.
+                    self.pool.greylist_peer(now, &peer_id);
+                    warn!(%peer_id, %reason, "connection closed; peer greylisted");
                 } else {
                     info!(%peer_id, %reason, "connection closed");
                 }
@@ -966,7 +1367,7 @@ impl<M: AppMessage> Owner<M> {
                 peer_id,
                 message,
             } => {
-                let Some(conn) = self.connections.get(&peer_id) else {
+                let Some(conn) = self.connections.get(&peer_id).cloned() else {
                     return;
                 };
                 match message {
@@ -981,9 +1382,13 @@ impl<M: AppMessage> Owner<M> {
                         self.emit(NodeEvent::BootstrapAnswered { peer_id, points });
                     }
                     ControlMessage::Advertise(points) => {
-                        for p in &points {
-                            self.add_known(*p);
-                        }
+                        let now = self.clock.now();
+                        self.pool.register_list_of_new_points(
+                            now,
+                            Medium::Advertise,
+                            Some(peer_id),
+                            points.iter().copied(),
+                        );
                         self.emit(NodeEvent::AdvertiseReceived { peer_id, points });
                     }
                     ControlMessage::SwapRequest(..) | ControlMessage::SwapAck(..) => {
@@ -994,22 +1399,52 @@ impl<M: AppMessage> Owner<M> {
         }
     }
 
-    fn redial(&mut self) {
-        let now = Instant::now();
-        let due: Vec<(Point, Option<PeerId>)> = self
-            .persistent
-            .iter()
-            .filter(|(point, p)| {
-                !p.dialing && p.next_attempt <= now && !self.is_point_connected(point)
-            })
-            .map(|(point, p)| (*point, p.expected))
-            .collect();
-        for (point, expected) in due {
-            if let Some(p) = self.persistent.get_mut(&point) {
-                p.dialing = true;
-            }
-            self.start_dial(point, expected, None);
+    /// Dials trusted points that are not connected, and other known points while fewer
+    /// than `min_connections` run; runs the greylist's countdown.
+    fn maintain(&mut self) {
+        let now = self.clock.now();
+        if self.pool.poll_timeout().is_some_and(|t| t <= now) {
+            self.pool.gc_greylist(now);
         }
+        let dialing = self
+            .attempts
+            .values()
+            .filter(|a| a.direction == Direction::Outgoing)
+            .count();
+        let mut wanted = self
+            .pool
+            .config()
+            .min_connections
+            .saturating_sub(self.pool.active_connections() + dialing);
+        for point in self.pool.candidates(now) {
+            let trusted = self.pool.point(&point).is_some_and(|p| p.trusted);
+            if trusted {
+                self.start_dial(point, None, true, None);
+            } else if wanted > 0 {
+                wanted -= 1;
+                self.start_dial(point, None, false, None);
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn save_peers_blocking(&self) -> Result<(), String> {
+        let Some(path) = self.shared.config.peers_file() else {
+            return Ok(());
+        };
+        peers_file::save(&path, &self.pool.peer_records()).map_err(|e| e.to_string())
+    }
+
+    async fn save_peers(&self) -> Result<(), String> {
+        let Some(path) = self.shared.config.peers_file() else {
+            return Ok(());
+        };
+        let records = self.pool.peer_records();
+        tokio::task::spawn_blocking(move || peers_file::save(&path, &records))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn shutdown(&mut self, notices: &mut mpsc::Receiver<ConnectionNotice>) {
@@ -1023,6 +1458,10 @@ impl<M: AppMessage> Owner<M> {
                 _ => break,
             }
         }
+        if let Err(e) = self.save_peers().await {
+            error!(error = %e, "peers file not saved at shutdown");
+        }
+        self.forward_pool_events();
         self.shared
             .scheduler
             .shutdown(self.shared.config.close_timeout)
@@ -1032,25 +1471,21 @@ impl<M: AppMessage> Owner<M> {
 
 /// A copy of a connect error for a second receiver (io errors keep their kind and text).
 fn clone_error(e: &ConnectError) -> ConnectError {
+    let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
     match e {
-        ConnectError::Connect(io) => {
-            ConnectError::Connect(std::io::Error::new(io.kind(), io.to_string()))
-        }
+        ConnectError::Connect(e) => ConnectError::Connect(io(e)),
         ConnectError::Scheduler(_) => ConnectError::Scheduler(IoSchedulerError::Shutdown),
         ConnectError::Timeout(d) => ConnectError::Timeout(*d),
-        ConnectError::Handshake(SocketError::Io(io)) => ConnectError::Handshake(SocketError::Io(
-            std::io::Error::new(io.kind(), io.to_string()),
-        )),
+        ConnectError::Handshake(SocketError::Io(e)) => {
+            ConnectError::Handshake(SocketError::Io(io(e)))
+        }
         ConnectError::Handshake(SocketError::ClosedDuringHandshake) => {
             ConnectError::Handshake(SocketError::ClosedDuringHandshake)
         }
         ConnectError::Handshake(SocketError::Handshake(h)) => {
             ConnectError::Handshake(SocketError::Handshake(h.clone()))
         }
-        ConnectError::UnexpectedPeer { expected, actual } => ConnectError::UnexpectedPeer {
-            expected: *expected,
-            actual: *actual,
-        },
+        ConnectError::Pool(e) => ConnectError::Pool(e.clone()),
         ConnectError::RejectedByUs(m) => ConnectError::RejectedByUs(*m),
         ConnectError::NodeStopped => ConnectError::NodeStopped,
     }

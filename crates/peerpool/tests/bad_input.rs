@@ -15,6 +15,7 @@ use peerpool_proto::framing::FramingError;
 use peerpool_proto::handshake::{Direction, HandshakeConfig, HandshakeError};
 use peerpool_proto::identity::{Identity, PowTarget};
 use peerpool_proto::point::Point;
+use peerpool_proto::pool::PoolError;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -31,9 +32,12 @@ impl Harness {
     async fn new() -> Self {
         // The node under test no longer speaks distributed-db version 0, so an old peer
         // can be refused as deprecated.
-        let mut cfg = config(100, "127.0.0.1");
+        // Listening on every address: dialing 127.0.0.1 reaches the node itself without
+        // the pool knowing that point is ours, so the handshake's `Myself` check is tested.
+        let mut cfg = config(100, "0.0.0.0");
         cfg.versions.distributed_db_versions = vec![1, 2];
-        let node = start(cfg).await;
+        let mut node = start(cfg).await;
+        node.addr = std::net::SocketAddr::new([127, 0, 0, 1].into(), node.addr.port());
         let witness = start(config(101, "127.0.0.2")).await;
         witness
             .handle
@@ -288,6 +292,14 @@ async fn unknown_chain_name_and_myself_leave_the_node_healthy() {
         .await
         .unwrap_err();
     assert!(matches!(handshake_failure(&e), HandshakeError::Myself));
+    // The point is now known to be ours: the pool refuses to dial it again.
+    let e = h
+        .node
+        .handle
+        .connect(Point::from(h.node.addr), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectError::Pool(PoolError::Myself(_))), "{e}");
     h.assert_node_healthy().await;
 }
 

@@ -10,6 +10,7 @@ use peerpool::socket::SocketError;
 use peerpool_proto::connection_message::{NackMotive, SupportedVersions};
 use peerpool_proto::handshake::{Direction, HandshakeError};
 use peerpool_proto::point::Point;
+use peerpool_proto::pool::PoolError;
 
 #[tokio::test]
 async fn two_nodes_handshake_and_exchange_messages_both_ways() {
@@ -41,18 +42,14 @@ async fn two_nodes_handshake_and_exchange_messages_both_ways() {
     };
     assert!(to_b.send(&big).await);
     assert_eq!(from_a.recv().await, Some(big));
-    // Connecting again is refused: already connected.
+    // Connecting again is refused by the pool: already connected.
     let err = a
         .handle
         .connect(Point::from(b.addr), None)
         .await
         .unwrap_err();
     assert!(
-        matches!(err.nack(), Some((NackMotive::AlreadyConnected, _)))
-            || matches!(
-                err,
-                ConnectError::RejectedByUs(NackMotive::AlreadyConnected)
-            ),
+        matches!(err, ConnectError::Pool(PoolError::AlreadyConnected(_))),
         "{err}"
     );
 }
@@ -68,7 +65,7 @@ async fn expected_peer_id_mismatch_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ConnectError::UnexpectedPeer { expected, actual } if expected == wrong && actual == b.handle.peer_id())
+        matches!(err, ConnectError::Pool(PoolError::IdentityCheckFailure { expected, got, .. }) if expected == wrong && got == b.handle.peer_id())
     );
     assert!(a.handle.connections().await.is_empty());
 }
@@ -171,13 +168,11 @@ async fn deprecated_versions_are_refused_with_the_nack_form_the_peer_understands
 }
 
 #[tokio::test]
-async fn dialing_ourselves_is_detected_as_myself() {
-    let a = start(config(1, "127.0.0.1")).await;
-    let err = a
-        .handle
-        .connect(Point::from(a.addr), None)
-        .await
-        .unwrap_err();
+async fn dialing_ourselves_is_detected_as_myself_then_remembered() {
+    // On every address, so 127.0.0.1 is not known to be ours until the handshake says so.
+    let a = start(config(1, "0.0.0.0")).await;
+    let own: Point = format!("127.0.0.1:{}", a.addr.port()).parse().unwrap();
+    let err = a.handle.connect(own, None).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -186,6 +181,22 @@ async fn dialing_ourselves_is_detected_as_myself() {
         "{err}"
     );
     assert!(a.handle.connections().await.is_empty());
+    let err = a.handle.connect(own, None).await.unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Pool(PoolError::Myself(p)) if p == own),
+        "{err}"
+    );
+    // A node listening on a given address knows that point is its own from the start.
+    let b = start(config(2, "127.0.0.1")).await;
+    let err = b
+        .handle
+        .connect(Point::from(b.addr), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Pool(PoolError::Myself(_))),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -256,7 +267,10 @@ async fn shutdown_sends_disconnect_and_the_peer_sees_it() {
 
 #[tokio::test]
 async fn persistent_peer_is_redialed_after_it_comes_back() {
-    let a = start(config(1, "127.0.0.1")).await;
+    let mut ca = config(1, "127.0.0.1");
+    // The point waits this long after a running connection ends (octez: 60 s).
+    ca.pool.reconnection.disconnection_delay = std::time::Duration::from_secs(1);
+    let a = start(ca).await;
     let b = start(config(2, "127.0.0.1")).await;
     let b_addr = b.addr;
     let mut a_events = a.handle.subscribe();

@@ -28,6 +28,8 @@ pub fn config(seed: u64, ip: &str) -> NodeConfig {
     c.listen_addr = Some(format!("{ip}:0").parse().unwrap());
     c.pow_target = PowTarget::new(TEST_POW).unwrap();
     c.bootstrap_on_connect = false;
+    // No automatic dialing: tests dial explicitly.
+    c.pool.min_connections = 0;
     c
 }
 
