@@ -947,11 +947,13 @@ impl<M: AppMessage> Owner<M> {
                 let _ = reply.send(Err(ConnectError::Pool(e)));
             }
         };
+        if !self.pool.is_my_point(&point) {
+            self.pool
+                .register_point(now, point, trusted.then_some(true), expected);
+        }
         if let Err(e) = self.pool.check_dial(&point) {
             return refuse(reply, e);
         }
-        self.pool
-            .register_point(now, point, trusted.then_some(true), expected);
         if self.pool.active_connections() >= self.pool.config().max_connections {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(ConnectError::RejectedByUs(
@@ -977,6 +979,7 @@ impl<M: AppMessage> Owner<M> {
             reply,
         });
         self.point_owner.insert(point, attempt);
+        self.pool.push_event(P2pEvent::OutgoingConnection { point });
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let result = dial(point, attempt, shared.clone()).await;
@@ -997,6 +1000,11 @@ impl<M: AppMessage> Owner<M> {
             } => self.start_dial(point, expected, trusted, reply),
             Command::Incoming { remote_addr, reply } => {
                 let allowed = self.pool.check_incoming_addr(remote_addr.ip()).is_ok();
+                if allowed {
+                    self.pool.push_event(P2pEvent::IncomingConnection {
+                        point: Point::from(remote_addr),
+                    });
+                }
                 let attempt = allowed.then(|| {
                     self.new_attempt(Attempt {
                         direction: Direction::Incoming,
@@ -1017,6 +1025,25 @@ impl<M: AppMessage> Owner<M> {
                 reply,
             } => {
                 let admission = self.admit(attempt, peer_id, announced_port, metadata);
+                if let Some(a) = self.attempts.get(&attempt) {
+                    let point = Point::from(a.remote_addr);
+                    let id_point = IdPoint {
+                        addr: a.remote_addr.ip(),
+                        port: announced_port,
+                    };
+                    self.pool.push_event(match admission {
+                        Admission::Accept => P2pEvent::AcceptingRequest {
+                            point,
+                            id_point,
+                            peer_id,
+                        },
+                        _ => P2pEvent::RejectingRequest {
+                            point,
+                            id_point,
+                            peer_id,
+                        },
+                    });
+                }
                 let _ = reply.send(admission);
             }
             Command::NackPoints { reply } => {
@@ -1235,8 +1262,11 @@ impl<M: AppMessage> Owner<M> {
         };
         let _ = self.pool.set_peer_running(now, &peer_id, id_point);
         info!(%peer_id, remote_addr = %info.remote_addr, direction = ?info.direction, "connection established");
-        if self.shared.config.bootstrap_on_connect {
-            connection.send_control(ControlMessage::Bootstrap);
+        if self.shared.config.bootstrap_on_connect
+            && connection.send_control(ControlMessage::Bootstrap)
+        {
+            self.pool
+                .push_event(P2pEvent::BootstrapSent { source: peer_id });
         }
         self.connections.insert(peer_id, connection);
         self.emit(NodeEvent::ConnectionEstablished {
@@ -1284,6 +1314,11 @@ impl<M: AppMessage> Owner<M> {
                         self.point_owner.remove(&p);
                         let _ = self.pool.set_point_disconnected(now, &p, false);
                     }
+                }
+                if matches!(e, ConnectError::Handshake(_)) {
+                    self.pool.push_event(P2pEvent::AuthenticationFailed {
+                        point: Point::from(attempt.remote_addr),
+                    });
                 }
                 if let Some(failure) = e.acl_failure() {
                     let _ = self.pool.apply_failure(
@@ -1375,14 +1410,21 @@ impl<M: AppMessage> Owner<M> {
                         if conn.info.metadata.private_node {
                             return;
                         }
+                        self.pool
+                            .push_event(P2pEvent::BootstrapReceived { source: peer_id });
                         let points = self.shareable_points(conn.info.listening_point);
-                        if !points.is_empty() {
-                            conn.send_control(ControlMessage::Advertise(points.clone()));
+                        if !points.is_empty()
+                            && conn.send_control(ControlMessage::Advertise(points.clone()))
+                        {
+                            self.pool
+                                .push_event(P2pEvent::AdvertiseSent { source: peer_id });
                         }
                         self.emit(NodeEvent::BootstrapAnswered { peer_id, points });
                     }
                     ControlMessage::Advertise(points) => {
                         let now = self.clock.now();
+                        self.pool
+                            .push_event(P2pEvent::AdvertiseReceived { source: peer_id });
                         self.pool.register_list_of_new_points(
                             now,
                             Medium::Advertise,
