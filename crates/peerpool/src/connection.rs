@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 /// Why a connection closed.
@@ -384,7 +384,9 @@ async fn reader_task<M: AppMessage, R: AsyncRead + Unpin>(
     stats: Arc<ConnectionStats>,
     info: Arc<ConnectionInfo>,
 ) {
-    let mut input = BufReader::with_capacity(64 * 1024, input);
+    // No read buffer of our own: the stream is the I/O scheduler's, which already reads
+    // the socket in large pieces into its queue; a buffer here would only add a copy.
+    let mut input = input;
     let reason = tokio::select! {
         r = read_loop(&mut input, &mut opener, &mut decoder, &app, &notices, &stats, &info) => r,
         _ = close_rx.wait_for(|r| r.is_some()) => None,
