@@ -12,6 +12,7 @@
 //! Every queue is bounded: [`ConnectionHandle::send`] waits for room,
 //! [`ConnectionHandle::try_send`] refuses and returns `false`.
 
+use crate::io_scheduler::ScheduledWriter;
 use crate::socket::Established;
 use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
 use peerpool_proto::framing::{ChunkOpener, FramingError, MessageDecoder};
@@ -160,6 +161,7 @@ pub struct ConnectionHandle<M> {
     app_tx: mpsc::Sender<Arc<Vec<u8>>>,
     app_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<M>>>,
     close_tx: Arc<watch::Sender<Option<CloseReason>>>,
+    io: Option<ScheduledWriter>,
 }
 
 impl<M> Clone for ConnectionHandle<M> {
@@ -171,6 +173,7 @@ impl<M> Clone for ConnectionHandle<M> {
             app_tx: self.app_tx.clone(),
             app_rx: self.app_rx.clone(),
             close_tx: self.close_tx.clone(),
+            io: self.io.clone(),
         }
     }
 }
@@ -223,6 +226,18 @@ impl<M: AppMessage> ConnectionHandle<M> {
                 false
             }
         });
+    }
+
+    /// Attaches the I/O scheduler's handle of this connection's stream.
+    pub fn with_scheduler(mut self, io: ScheduledWriter) -> Self {
+        self.io = Some(io);
+        self
+    }
+
+    /// The I/O scheduler's handle of this connection, when its stream is scheduled:
+    /// statistics (`stat`), weight (`set_weight`) and per-connection caps (`set_cap`).
+    pub fn scheduler(&self) -> Option<&ScheduledWriter> {
+        self.io.as_ref()
     }
 
     /// Whether the connection has closed or is closing.
@@ -311,6 +326,7 @@ where
         app_tx,
         app_rx: Arc::new(tokio::sync::Mutex::new(in_rx)),
         close_tx,
+        io: None,
     }
 }
 

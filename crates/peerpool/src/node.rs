@@ -108,6 +108,9 @@ pub struct NodeConfig {
     pub close_timeout: Duration,
     /// Seed of the node's decisions (point sampling, hash keys); `None` draws one.
     pub seed: Option<u64>,
+    /// Events buffered for each subscriber (default 1024); a subscriber further behind
+    /// loses the oldest and is told how many.
+    pub event_capacity: usize,
 }
 
 impl NodeConfig {
@@ -132,6 +135,7 @@ impl NodeConfig {
             io_scheduler: IoSchedulerConfig::default(),
             close_timeout: Duration::from_secs(3),
             seed: None,
+            event_capacity: 1024,
         }
     }
 
@@ -333,6 +337,9 @@ enum Command<M> {
     Stats {
         reply: oneshot::Sender<NodeStats>,
     },
+    IoConnections {
+        reply: oneshot::Sender<Vec<crate::io_scheduler::ConnectionInfo>>,
+    },
     WithPool(PoolFn),
     GreylistPeer {
         peer_id: PeerId,
@@ -482,6 +489,13 @@ impl<M: AppMessage> NodeHandle<M> {
             .unwrap_or_default()
     }
 
+    /// The I/O scheduler's view of every registered connection: statistics, weight, caps.
+    pub async fn io_connections(&self) -> Vec<crate::io_scheduler::ConnectionInfo> {
+        self.ask(|reply| Command::IoConnections { reply })
+            .await
+            .unwrap_or_default()
+    }
+
     /// A new subscription to node events (bounded; a slow subscriber misses events and
     /// is told how many by `RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
@@ -610,7 +624,7 @@ impl<M: AppMessage> Node<M> {
         }
         let (commands, command_rx) = mpsc::channel(1024);
         let (notices, notice_rx) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let shared = Arc::new(Shared {
             listening_port: local_addr.map(|a| a.port()),
             local_ip: local_addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()),
@@ -734,6 +748,7 @@ async fn handshake<M: AppMessage>(
         .register(tcp)
         .map_err(ConnectError::Scheduler)?;
     let stream = ScheduledStream::new(scheduled, shared.config.close_timeout);
+    let io = stream.writer().clone();
     let mut nonce = [0u8; 24];
     rand::rng().fill_bytes(&mut nonce);
     let auth = socket::authenticate(stream, shared.handshake_config(), direction, nonce).await?;
@@ -793,7 +808,8 @@ async fn handshake<M: AppMessage>(
         info,
         shared.config.queues,
         shared.notices.clone(),
-    );
+    )
+    .with_scheduler(io);
     shared
         .commands
         .send(Command::Established {
@@ -1067,6 +1083,9 @@ impl<M: AppMessage> Owner<M> {
                 });
             }
             Command::WithPool(f) => f(&mut self.pool, self.clock.now()),
+            Command::IoConnections { reply } => {
+                let _ = reply.send(self.shared.scheduler.connections());
+            }
             Command::GreylistPeer { peer_id } => {
                 self.pool.greylist_peer(self.clock.now(), &peer_id);
                 self.close_peer(&peer_id, "greylisted");
@@ -1261,6 +1280,11 @@ impl<M: AppMessage> Owner<M> {
             port: point.map(|p| p.port()),
         };
         let _ = self.pool.set_peer_running(now, &peer_id, id_point);
+        // The peer's bandwidth share follows its score (ANCHORS.md: none of the anchors
+        // weighs bandwidth by peer quality).
+        if let (Some(io), Some(score)) = (connection.scheduler(), self.pool.score(&peer_id)) {
+            let _ = io.set_weight(weight_of_score(score));
+        }
         info!(%peer_id, remote_addr = %info.remote_addr, direction = ?info.direction, "connection established");
         if self.shared.config.bootstrap_on_connect
             && connection.send_control(ControlMessage::Bootstrap)
@@ -1508,6 +1532,16 @@ impl<M: AppMessage> Owner<M> {
             .scheduler
             .shutdown(self.shared.config.close_timeout)
             .await;
+    }
+}
+
+/// The I/O scheduler weight for a peer's score: the score rounded, within 1..=1000
+/// (octez's constant score 1.0 gives the default weight 1).
+pub fn weight_of_score(score: f64) -> u32 {
+    if score.is_finite() {
+        score.round().clamp(1.0, 1000.0) as u32
+    } else {
+        1
     }
 }
 

@@ -336,3 +336,58 @@ async fn the_pool_events_reach_subscribers_in_order() {
         .unwrap();
     assert_eq!(state, Some(peerpool_proto::pool::PointState::Disconnected));
 }
+
+#[tokio::test]
+async fn a_peer_s_bandwidth_weight_follows_its_score() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.2")).await;
+    let a_id = a.handle.peer_id();
+    // b already knows a, with a score of 3 in its metadata.
+    b.handle
+        .with_pool(move |pool, now| {
+            pool.register_peer(now, a_id);
+            pool.set_peer_metadata(&a_id, serde_json::json!({ "score": 3 }))
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    let weights: Vec<u32> = b
+        .handle
+        .io_connections()
+        .await
+        .iter()
+        .map(|c| c.weight)
+        .collect();
+    assert_eq!(weights, [3]);
+    let weights: Vec<u32> = a
+        .handle
+        .io_connections()
+        .await
+        .iter()
+        .map(|c| c.weight)
+        .collect();
+    assert_eq!(weights, [1]);
+    assert_eq!(peerpool::node::weight_of_score(0.2), 1);
+    assert_eq!(peerpool::node::weight_of_score(f64::NAN), 1);
+    assert_eq!(peerpool::node::weight_of_score(1e9), 1000);
+}
+
+#[tokio::test]
+async fn a_slow_event_subscriber_is_told_what_it_missed_and_never_blocks_the_node() {
+    let mut ca = config(1, "127.0.0.1");
+    ca.event_capacity = 4;
+    let a = start(ca).await;
+    let mut slow = a.handle.subscribe();
+    // Many events while the subscriber does not read: the node is not blocked.
+    for seed in 10..14 {
+        let b = start(config(seed, "127.0.0.2")).await;
+        a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    }
+    match slow.recv().await {
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => assert!(missed > 0),
+        other => panic!("expected a lag report, got {other:?}"),
+    }
+    // After the report it receives the newest events.
+    assert!(slow.recv().await.is_ok());
+}

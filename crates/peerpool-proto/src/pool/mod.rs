@@ -72,6 +72,13 @@ impl PeerMeta for serde_json::Value {
     fn initial() -> Self {
         serde_json::Value::Null
     }
+
+    /// A numeric `"score"` field if the object has one, else 1.0 (octez's shell constant).
+    fn score(&self) -> f64 {
+        self.get("score")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(1.0)
+    }
 }
 
 /// The pool's settings (BEHAVIOUR.md §9 defaults). Checked once by [`Pool::new`].
