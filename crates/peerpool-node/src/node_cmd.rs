@@ -54,24 +54,29 @@ pub fn spawn_app_drain(handle: NodeHandle<RawMessage>) -> Arc<AtomicU64> {
     let count = received.clone();
     let mut events = handle.subscribe();
     tokio::spawn(async move {
+        let mut drained = std::collections::HashSet::new();
         loop {
             match events.recv().await {
-                Ok(NodeEvent::ConnectionEstablished { peer_id, .. }) => {
-                    let conns = handle.connections().await;
-                    if let Some(conn) = conns.into_iter().find(|c| c.info.peer_id == peer_id) {
-                        let count = count.clone();
-                        tokio::spawn(async move {
-                            while conn.recv().await.is_some() {
-                                count.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                    }
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "event subscriber lagged");
+                Ok(NodeEvent::ConnectionEstablished { .. }) => {}
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "event subscriber lagged; rescanning connections");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            let connections = handle.connections().await;
+            let live: std::collections::HashSet<u64> =
+                connections.iter().map(|c| c.info.id).collect();
+            drained.retain(|id| live.contains(id));
+            for conn in connections {
+                if drained.insert(conn.info.id) {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        while conn.recv().await.is_some() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
             }
         }
     });

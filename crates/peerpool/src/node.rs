@@ -194,14 +194,12 @@ impl ConnectError {
         ) || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
     }
 
-    /// How the pool's ACL sees this failure (BEHAVIOUR.md §5), if it cares.
+    /// How the pool's ACL sees this failure (BEHAVIOUR.md §5), if it cares. An unexpected
+    /// peer id at the handshake greylists nothing (BEHAVIOUR.md §1.2).
     fn acl_failure(&self) -> Option<Failure> {
         match self {
             ConnectError::Handshake(e) if e.greylists_peer_address() => {
                 Some(Failure::HandshakeMisbehaviour)
-            }
-            ConnectError::Pool(PoolError::IdentityCheckFailure { .. }) => {
-                Some(Failure::UnexpectedPeerId { running: false })
             }
             _ => None,
         }

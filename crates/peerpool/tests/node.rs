@@ -68,6 +68,15 @@ async fn expected_peer_id_mismatch_is_refused() {
         matches!(err, ConnectError::Pool(PoolError::IdentityCheckFailure { expected, got, .. }) if expected == wrong && got == b.handle.peer_id())
     );
     assert!(a.handle.connections().await.is_empty());
+    // An identity mismatch at the handshake greylists nothing (BEHAVIOUR.md §1.2).
+    let b_ip = b.addr.ip();
+    let banned = a
+        .handle
+        .with_pool(move |pool, _| pool.acl().banned_addr(b_ip))
+        .await
+        .unwrap();
+    assert!(!banned);
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
 }
 
 #[tokio::test]
