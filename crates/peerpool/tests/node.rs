@@ -76,7 +76,28 @@ async fn expected_peer_id_mismatch_is_refused() {
         .await
         .unwrap();
     assert!(!banned);
-    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    // The point remembers the expected peer id: a plain connect is refused too...
+    let err = a
+        .handle
+        .connect(Point::from(b.addr), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Pool(PoolError::IdentityCheckFailure { .. })
+        ),
+        "{err}"
+    );
+    // ...until the right one is given.
+    let b_id = b.handle.peer_id();
+    assert_eq!(
+        a.handle
+            .connect(Point::from(b.addr), Some(b_id))
+            .await
+            .unwrap(),
+        b_id
+    );
 }
 
 #[tokio::test]
