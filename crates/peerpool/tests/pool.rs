@@ -391,3 +391,28 @@ async fn a_slow_event_subscriber_is_told_what_it_missed_and_never_blocks_the_nod
     // After the report it receives the newest events.
     assert!(slow.recv().await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_peers_file_is_saved_periodically_without_a_shutdown() {
+    let dir = temp_dir("periodic");
+    let mut ca = config(1, "127.0.0.1");
+    ca.data_dir = Some(dir.clone());
+    ca.peers_file_interval = Duration::from_secs(300);
+    let a = start(ca).await;
+    let b = start(config(2, "127.0.0.2")).await;
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    let path = dir.join("peers.json");
+    assert!(!path.exists());
+    // One period later (virtual time) the file holds b, though a is still running.
+    tokio::time::sleep(Duration::from_secs(301)).await;
+    let mut saved = String::new();
+    for _ in 0..100 {
+        saved = std::fs::read_to_string(&path).unwrap_or_default();
+        if !saved.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saved.contains(&b.handle.peer_id().to_string()), "{saved}");
+}
