@@ -86,19 +86,11 @@ impl Harness {
     }
 
     async fn handshake_error(&mut self) -> Arc<ConnectError> {
-        wait_for(&mut self.events, |e| match e {
-            NodeEvent::HandshakeFailed { error, .. } => Some(error.clone()),
-            _ => None,
-        })
-        .await
+        next_handshake_error(&mut self.events).await
     }
 
     async fn close_reason(&mut self) -> CloseReason {
-        wait_for(&mut self.events, |e| match e {
-            NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .await
+        next_close_reason(&mut self.events).await
     }
 
     /// The node still serves its other peer and accepts a new one.

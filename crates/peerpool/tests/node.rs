@@ -287,11 +287,7 @@ async fn shutdown_sends_disconnect_and_the_peer_sees_it() {
     let mut b_events = b.handle.subscribe();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
     a.handle.shutdown().await;
-    let reason = wait_for(&mut b_events, |e| match e {
-        NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
-        _ => None,
-    })
-    .await;
+    let reason = next_close_reason(&mut b_events).await;
     assert_eq!(reason, CloseReason::RemoteDisconnect);
 }
 

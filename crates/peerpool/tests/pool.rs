@@ -134,11 +134,7 @@ async fn a_peer_sending_garbage_after_the_handshake_is_greylisted_with_its_addre
     let version = auth.connection_message.version.clone();
     let mut est = auth.accept(version).await.unwrap();
     est.stream.write_all(&[0x00, 0x03, 1, 2, 3]).await.unwrap();
-    let reason = wait_for(&mut events, |e| match e {
-        NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
-        _ => None,
-    })
-    .await;
+    let reason = next_close_reason(&mut events).await;
     assert!(reason.is_peer_fault(), "{reason}");
     let bad_id = bad.peer_id;
     let (peer_banned, addr_banned) = node
@@ -227,11 +223,7 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
         .connect(Point::from(private.addr), None)
         .await
         .is_err());
-    let error = wait_for(&mut events, |e| match e {
-        NodeEvent::HandshakeFailed { error, .. } => Some(error.clone()),
-        _ => None,
-    })
-    .await;
+    let error = next_handshake_error(&mut events).await;
     assert!(
         matches!(*error, ConnectError::Pool(PoolError::PrivateMode(_))),
         "{error}"
@@ -252,11 +244,7 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
         .handle
         .add_peer(Point::from(friend.addr), None)
         .await;
-    let peer = wait_for(&mut events, |e| match e {
-        NodeEvent::ConnectionEstablished { peer_id, .. } => Some(*peer_id),
-        _ => None,
-    })
-    .await;
+    let peer = next_established_peer(&mut events).await;
     assert_eq!(peer, friend.handle.peer_id());
     // Nothing is advertised by a private node.
     let listed = private
@@ -284,11 +272,7 @@ async fn banning_a_point_closes_its_connection_and_refuses_it_later() {
     let mut events = a.handle.subscribe();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
     a.handle.ban_point(Point::from(b.addr)).await;
-    let reason = wait_for(&mut events, |e| match e {
-        NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
-        _ => None,
-    })
-    .await;
+    let reason = next_close_reason(&mut events).await;
     assert_eq!(reason, CloseReason::Local("banned"));
     let err = a
         .handle

@@ -93,3 +93,36 @@ pub async fn assert_exchange(a: &NodeHandle<RawMessage>, b: &NodeHandle<RawMessa
         .expect("message within 10 s");
     assert_eq!(got, Some(msg));
 }
+
+/// The reason of the next `ConnectionClosed` event.
+pub async fn next_close_reason(
+    events: &mut broadcast::Receiver<NodeEvent>,
+) -> peerpool::connection::CloseReason {
+    wait_for(events, |e| match e {
+        NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// The peer of the next `ConnectionEstablished` event.
+pub async fn next_established_peer(
+    events: &mut broadcast::Receiver<NodeEvent>,
+) -> peerpool_proto::identity::PeerId {
+    wait_for(events, |e| match e {
+        NodeEvent::ConnectionEstablished { peer_id, .. } => Some(*peer_id),
+        _ => None,
+    })
+    .await
+}
+
+/// The error of the next `HandshakeFailed` event.
+pub async fn next_handshake_error(
+    events: &mut broadcast::Receiver<NodeEvent>,
+) -> Arc<peerpool::node::ConnectError> {
+    wait_for(events, |e| match e {
+        NodeEvent::HandshakeFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+    .await
+}
