@@ -457,6 +457,16 @@ impl Lane {
     }
 
     fn charge(&mut self, id: ConnId, n: u64) {
+        self.count(id, n);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.pending = None;
+            c.queued = Queued::No;
+        }
+    }
+
+    /// Counts `n` bytes of `id`: buckets, quota, moving averages. Leaves any waiting request
+    /// of `id` alone.
+    fn count(&mut self, id: ConnId, n: u64) {
         if let Some(b) = self.bucket.as_mut() {
             b.take(n);
         }
@@ -470,8 +480,6 @@ impl Lane {
                 c.quota -= i64::try_from(n).unwrap_or(i64::MAX);
             }
             c.avg.add(n);
-            c.pending = None;
-            c.queued = Queued::No;
         }
     }
 
@@ -827,6 +835,25 @@ impl Scheduler {
         self.lane_mut(direction).request(id, bytes, now)
     }
 
+    /// Counts `bytes` of `id` in `direction` that moved without a request: the I/O layer may
+    /// move bytes straight through when neither the lane nor the connection is capped
+    /// ([`Scheduler::chunk_limit`] is `usize::MAX`), since such a request would be granted
+    /// at once. Charges buckets, quota and statistics as a grant would (a cap switched on in
+    /// between is taken into deficit, so the bytes are paid for); a waiting request of `id`
+    /// keeps its place. Unknown ids are ignored.
+    pub fn record(&mut self, id: ConnId, direction: Direction, bytes: u64, now: Duration) {
+        self.handle_timeout(now);
+        let lane = self.lane_mut(direction);
+        lane.refill(now);
+        let Some(c) = lane.conns.get_mut(&id) else {
+            return;
+        };
+        if let Some(b) = c.cap.as_mut() {
+            b.refill(now);
+        }
+        lane.count(id, bytes);
+    }
+
     /// Withdraws a waiting request of `id` in `direction`, if any.
     pub fn cancel(&mut self, id: ConnId, direction: Direction) {
         self.lane_mut(direction).cancel(id);
@@ -1022,6 +1049,31 @@ mod tests {
             );
         }
         assert_eq!(s.stat(ConnId(1)).map(|st| st.total_sent), Some(1_638_400));
+    }
+
+    #[test]
+    fn recorded_bytes_count_like_grants_and_keep_a_waiting_request() {
+        let mut s = Scheduler::new(SchedulerConfig::default(), Duration::ZERO).expect("valid");
+        let a = ConnId(1);
+        s.add_connection(a);
+        s.record(a, Direction::Recv, 5000, Duration::ZERO);
+        assert_eq!(s.stat(a).expect("known").total_recv, 5000);
+        assert_eq!(s.global_stat().total_recv, 5000);
+        s.record(ConnId(9), Direction::Recv, 7, Duration::ZERO);
+        assert_eq!(s.global_stat().total_recv, 5000, "unknown ids are ignored");
+        // Recorded after a cap came on: the bytes are paid for, so the next request waits.
+        s.set_cap(a, None, Some(1000), MS).expect("known");
+        s.record(a, Direction::Recv, 1000, MS);
+        assert!(!s.request(a, Direction::Recv, 100, MS).expect("known"));
+        // A waiting request keeps its place when more bytes are recorded.
+        s.record(a, Direction::Recv, 1, MS);
+        assert_eq!(s.poll_grant(MS), None);
+        let later = Duration::from_millis(1200);
+        let g = s
+            .poll_grant(later)
+            .expect("granted once the bucket refilled");
+        assert_eq!((g.id, g.bytes), (a, 100));
+        assert_eq!(s.stat(a).expect("known").total_recv, 6101);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   demand (Jain's index against the max-min fair allocation);
 //! - overhead: one uncapped connection through the scheduler versus raw `TcpStream`.
 //!
-//! Run: `cargo bench -p peerpool --bench io_scheduler_sched`.
+//! Run: `cargo bench -p peerpool --bench io_scheduler_sched` (`SCHED_BENCH=overhead` runs only
+//! the overhead part, `SCHED_BENCH_ROUNDS=n` sets its number of rounds, default 9).
 
 use bytes::Bytes;
 use peerpool::io_scheduler::{IoScheduler, IoSchedulerConfig};
@@ -450,9 +451,14 @@ async fn run() -> BenchResult<()> {
 }
 
 async fn overhead() -> BenchResult<()> {
-    const REPS: usize = 9;
+    // `SCHED_BENCH_ROUNDS` overrides the number of rounds (default 9).
+    let reps: usize = std::env::var("SCHED_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(9);
     println!(
-        "\n## Overhead: one uncapped connection, 256 MiB over loopback, {REPS} interleaved rounds\n"
+        "\n## Overhead: one uncapped connection, 256 MiB over loopback, {reps} interleaved rounds\n"
     );
     println!("Each round runs every path once, back to back; the ratio is taken within the round");
     println!("(the machine is shared, so absolute figures swing between rounds).\n");
@@ -491,7 +497,7 @@ async fn overhead() -> BenchResult<()> {
     let mut raw = Vec::new();
     let mut rates = vec![Vec::new(); paths.len()];
     let mut ratios = vec![Vec::new(); paths.len()];
-    for _ in 0..REPS {
+    for _ in 0..reps {
         let r = transfer(0, total, 16 * 1024).await?;
         raw.push(r);
         for (i, (_, mode, rbs)) in paths.iter().enumerate() {

@@ -2,10 +2,17 @@
 //! (BEHAVIOUR.md §6, octez `P2p_io_scheduler`).
 //!
 //! [`IoScheduler::register`] takes any byte stream (`TcpStream`, `tokio::io::duplex`, ...) and
-//! returns a [`ScheduledConnection`]. Two tasks per connection move the bytes: a *reader*
-//! task reads at most `read_buffer_size` bytes from the socket, asks the scheduler for
-//! permission to deliver them, then pushes them into the connection's bounded read queue;
-//! a *writer* task takes the next queued buffer (split into pieces of at most
+//! returns a [`ScheduledConnection`]. Two tasks per connection move the bytes: when the
+//! connection's download is capped (global or per-connection cap), a *reader* task reads at
+//! most `read_buffer_size` bytes from the socket, asks the scheduler for permission to
+//! deliver them, then pushes them into the connection's bounded read queue; when it is not
+//! capped (every request would be granted at once), the reader task stays parked and the
+//! consumer's `poll_read` reads the socket itself once the read queue is empty (*direct
+//! read*: no task hop, no extra copy for reads of at least `read_buffer_size` bytes; smaller
+//! reads read `read_buffer_size` bytes and queue the rest), counting the bytes in the
+//! scheduler as a grant would ([`Scheduler::record`]). Setting or removing a cap switches
+//! between the two at once, in order: the socket is only ever read by one side at a time
+//! and never while bytes read by the task wait for their grant. A *writer* task takes the next queued buffer (split into pieces of at most
 //! `read_buffer_size` bytes when the upload or the connection is capped) from the bounded
 //! write queue, asks for permission, then writes it to the socket. One *dispatcher* task per scheduler hands
 //! out permissions that had to wait (global cap reached, per-connection cap reached) and
@@ -15,7 +22,9 @@
 //! Queues, all bounded:
 //! - read queue, `read_queue_size` bytes: when full, the reader task stops reading that
 //!   socket, so TCP flow control pushes back on the remote; other connections are not
-//!   affected. Nothing is dropped.
+//!   affected. Nothing is dropped. With direct reads the socket is read only when the
+//!   consumer reads, so the pushback starts even earlier (no read-ahead beyond the socket's
+//!   own buffers).
 //! - write queue, `write_queue_size` bytes: [`ScheduledConnection::write`] waits for room,
 //!   [`ScheduledConnection::write_now`] refuses (returns `false`). As in octez's pipes, a
 //!   buffer is accepted when `queued + len < write_queue_size` or the queue is empty, so the
@@ -36,8 +45,10 @@ use peerpool_proto::scheduler::{
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -201,6 +212,12 @@ impl Shared {
         lock(&self.core).sched.chunk_limit(id, direction)
     }
 
+    /// Counts `n` bytes of `id` that moved without a request (direct read).
+    fn record(&self, id: ConnId, direction: Direction, n: u64) {
+        let now = self.now();
+        lock(&self.core).sched.record(id, direction, n, now);
+    }
+
     fn stop(&self) {
         let mut core = lock(&self.core);
         core.closing = true;
@@ -238,13 +255,59 @@ async fn dispatch(shared: Arc<Shared>) {
     }
 }
 
+/// The read half of the registered stream.
+type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
+
 #[derive(Default)]
 struct ReadQueue {
     chunks: VecDeque<Bytes>,
     bytes: usize,
     eof: bool,
     error: Option<(io::ErrorKind, String)>,
+    /// The consumer's waker.
     waker: Option<Waker>,
+    /// The socket's read half (`None` once the read side ended). Polled only with this lock
+    /// held: by the reader task when the download is capped, by the consumer when it is not.
+    io: Option<ReadIo>,
+    /// The reader task holds bytes it read that wait for their grant: the consumer must not
+    /// read the socket directly until they are queued.
+    in_flight: bool,
+    /// The reader task's waker: parked (queue full, or direct reads) or waiting on the socket.
+    task_waker: Option<Waker>,
+    /// Buffer of the consumer's direct reads smaller than `read_buffer_size`.
+    scratch: BytesMut,
+}
+
+/// Stores `cx`'s waker in `slot` unless it already holds one that wakes the same task.
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// Reads at most `limit` bytes from `io` into the spare capacity of `buf` (no zeroing).
+fn poll_read_buf(
+    io: &mut ReadIo,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Poll<io::Result<usize>> {
+    // The future only holds borrows and polls the stream once per poll, so a fresh one per
+    // poll loses nothing.
+    let mut limited = (&mut **io).take(limit as u64);
+    let fut = std::pin::pin!(limited.read_buf(buf));
+    fut.poll(cx)
+}
+
+/// What one attempt of the reader task to read the socket gave.
+enum Fill {
+    /// `n` bytes at the end of the task's buffer, marked in flight.
+    Read(usize),
+    /// End of stream, or an I/O error: end the read side.
+    End(Option<io::Error>),
+    /// The read side already ended.
+    Stop,
 }
 
 #[derive(Default)]
@@ -258,8 +321,13 @@ struct ConnShared {
     id: ConnId,
     sched: Weak<Shared>,
     read: Mutex<ReadQueue>,
-    /// Wakes the reader task when the read queue has room (single waiter).
-    read_room: Notify,
+    /// The download of this connection is not capped (no global download cap, no
+    /// per-connection one): the consumer reads the socket directly. Changed only with the
+    /// scheduler's core locked.
+    recv_direct: AtomicBool,
+    /// `read_buffer_size` and `read_queue_size` of the configuration.
+    read_buffer_size: usize,
+    read_queue_size: usize,
     write: Mutex<WriteQueue>,
     /// Wakes the writer task when the write queue has data or is closed (single waiter).
     write_data: Notify,
@@ -320,8 +388,145 @@ impl ConnShared {
             q.eof = true;
             q.error = error.map(|e| (e.kind(), e.to_string()));
         }
-        if let Some(w) = q.waker.take() {
-            w.wake();
+        let io = q.io.take();
+        let wakers = [q.waker.take(), q.task_waker.take()];
+        drop(q);
+        drop(io);
+        wakers.into_iter().flatten().for_each(Waker::wake);
+    }
+
+    /// Switches between direct reads and reads through the reader task; wakes both sides
+    /// so that each sees the new mode. Call with the scheduler's core locked (so concurrent
+    /// cap changes apply in order); returns the wakers to wake once it is unlocked.
+    fn set_recv_direct(&self, direct: bool) -> [Option<Waker>; 2] {
+        if self.recv_direct.swap(direct, Ordering::AcqRel) == direct {
+            return [None, None];
+        }
+        let mut q = lock(&self.read);
+        [q.waker.take(), q.task_waker.take()]
+    }
+
+    /// One poll of the reader task: when the download is capped and the read queue has
+    /// room, reads at most `read_buffer_size` (and the connection's chunk limit) bytes from
+    /// the socket into `buf`; otherwise parks until the consumer or a cap change wakes it.
+    fn poll_fill(&self, cx: &mut Context<'_>, shared: &Shared, buf: &mut BytesMut) -> Poll<Fill> {
+        let chunk_limit = shared.chunk_limit(self.id, Direction::Recv);
+        let max = self.read_queue_size;
+        let mut guard = lock(&self.read);
+        let q = &mut *guard;
+        if q.eof {
+            return Poll::Ready(Fill::Stop);
+        }
+        if self.recv_direct.load(Ordering::Acquire) || q.bytes >= max {
+            set_waker(&mut q.task_waker, cx);
+            return Poll::Pending;
+        }
+        let limit = (max - q.bytes)
+            .min(self.read_buffer_size)
+            .min(chunk_limit)
+            .max(1);
+        // Read into spare capacity; chunks split off share one allocation until it is used.
+        if buf.capacity() - buf.len() < limit {
+            *buf = BytesMut::with_capacity(limit.max(4 * self.read_buffer_size));
+        }
+        let Some(io) = q.io.as_mut() else {
+            return Poll::Ready(Fill::Stop);
+        };
+        match poll_read_buf(io, cx, buf, limit) {
+            Poll::Pending => {
+                // Also woken by a cap change, which may hand the socket to the consumer.
+                set_waker(&mut q.task_waker, cx);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => Poll::Ready(Fill::End(None)),
+            Poll::Ready(Ok(n)) => {
+                q.in_flight = true;
+                Poll::Ready(Fill::Read(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Fill::End(Some(e))),
+        }
+    }
+
+    /// The consumer reads the socket itself (download not capped, read queue empty, nothing
+    /// in flight; `q` is the locked read queue). Reads of at least `read_buffer_size` bytes
+    /// go straight into `buf`; smaller ones read `read_buffer_size` bytes and queue what
+    /// does not fit. The bytes are counted in the scheduler.
+    fn poll_direct(
+        &self,
+        mut guard: MutexGuard<'_, ReadQueue>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let q = &mut *guard;
+        let Some(io) = q.io.as_mut() else {
+            q.eof = true;
+            return Poll::Ready(Ok(()));
+        };
+        let result = if buf.remaining() >= self.read_buffer_size {
+            let before = buf.filled().len();
+            match Pin::new(io).poll_read(cx, buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(r) => Poll::Ready(r.map(|()| buf.filled().len() - before)),
+            }
+        } else {
+            // Never more than fits in the caller's buffer plus the (empty) queue.
+            let limit = self
+                .read_buffer_size
+                .min(buf.remaining().saturating_add(self.read_queue_size));
+            if q.scratch.capacity() - q.scratch.len() < limit {
+                q.scratch = BytesMut::with_capacity(limit.max(4 * self.read_buffer_size));
+            }
+            match poll_read_buf(io, cx, &mut q.scratch, limit) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    let mut chunk = q.scratch.split_to(n).freeze();
+                    let k = n.min(buf.remaining());
+                    buf.put_slice(&chunk[..k]);
+                    chunk.advance(k);
+                    if !chunk.is_empty() {
+                        q.bytes += chunk.len();
+                        q.chunks.push_back(chunk);
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                other => other,
+            }
+        };
+        match result {
+            Poll::Pending => {
+                // Also woken when a cap change hands the socket back to the reader task.
+                set_waker(&mut q.waker, cx);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => {
+                q.eof = true;
+                let io = q.io.take();
+                let task = q.task_waker.take();
+                drop(guard);
+                drop(io);
+                if let Some(w) = task {
+                    w.wake();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(n)) => {
+                drop(guard);
+                if let Some(shared) = self.sched.upgrade() {
+                    shared.record(self.id, Direction::Recv, n as u64);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                // Returned now, so not kept for later: the next read ends the stream.
+                q.eof = true;
+                let io = q.io.take();
+                let task = q.task_waker.take();
+                drop(guard);
+                drop(io);
+                if let Some(w) = task {
+                    w.wake();
+                }
+                Poll::Ready(Err(e))
+            }
         }
     }
 
@@ -388,42 +593,16 @@ impl ConnShared {
     }
 }
 
-async fn reader_task<R: AsyncRead + Unpin>(conn: Arc<ConnShared>, shared: Arc<Shared>, mut rd: R) {
-    let max = shared.config.read_queue_size;
+async fn reader_task(conn: Arc<ConnShared>, shared: Arc<Shared>) {
     let mut buf = BytesMut::new();
     loop {
-        let room = loop {
-            let notified = conn.read_room.notified();
-            {
-                let q = lock(&conn.read);
-                if q.eof {
-                    return;
-                }
-                if q.bytes < max {
-                    break max - q.bytes;
-                }
-            }
-            notified.await;
-        };
-        let limit = room
-            .min(shared.config.read_buffer_size)
-            .min(shared.chunk_limit(conn.id, Direction::Recv))
-            .max(1);
-        // Read into spare capacity (no zeroing); chunks split off share one allocation
-        // until it is used up.
-        if buf.capacity() - buf.len() < limit {
-            buf = BytesMut::with_capacity(limit.max(4 * shared.config.read_buffer_size));
-        }
-        let n = match (&mut rd).take(limit as u64).read_buf(&mut buf).await {
-            Ok(0) => {
-                conn.end_read(None);
+        let n = match std::future::poll_fn(|cx| conn.poll_fill(cx, &shared, &mut buf)).await {
+            Fill::Read(n) => n,
+            Fill::End(error) => {
+                conn.end_read(error);
                 return;
             }
-            Ok(n) => n,
-            Err(e) => {
-                conn.end_read(Some(e));
-                return;
-            }
+            Fill::Stop => return,
         };
         let chunk = buf.split_to(n).freeze();
         if shared
@@ -435,9 +614,15 @@ async fn reader_task<R: AsyncRead + Unpin>(conn: Arc<ConnShared>, shared: Arc<Sh
             return;
         }
         let mut q = lock(&conn.read);
+        q.in_flight = false;
+        if q.eof {
+            return;
+        }
         q.bytes += chunk.len();
         q.chunks.push_back(chunk);
-        if let Some(w) = q.waker.take() {
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
             w.wake();
         }
     }
@@ -570,10 +755,10 @@ impl AsyncRead for ScheduledReader {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let conn = &self.owner.conn;
-        let mut q = lock(&conn.read);
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        let mut q = lock(&conn.read);
         if !q.chunks.is_empty() {
             // Copy as many queued chunks as fit.
             while buf.remaining() > 0 {
@@ -588,8 +773,17 @@ impl AsyncRead for ScheduledReader {
                 }
                 q.bytes -= n;
             }
+            // The reader task may wait for room (with direct reads it stays parked anyway;
+            // a cap change wakes it).
+            let task = if conn.recv_direct.load(Ordering::Acquire) {
+                None
+            } else {
+                q.task_waker.take()
+            };
             drop(q);
-            conn.read_room.notify_one();
+            if let Some(w) = task {
+                w.wake();
+            }
             return Poll::Ready(Ok(()));
         }
         if q.eof {
@@ -598,7 +792,10 @@ impl AsyncRead for ScheduledReader {
                 None => Poll::Ready(Ok(())),
             };
         }
-        q.waker = Some(cx.waker().clone());
+        if !q.in_flight && conn.recv_direct.load(Ordering::Acquire) {
+            return conn.poll_direct(q, cx, buf);
+        }
+        set_waker(&mut q.waker, cx);
         Poll::Pending
     }
 }
@@ -693,7 +890,9 @@ impl ScheduledWriter {
     }
 
     /// Sets (or removes, with `None`) this connection's own caps, bytes per second, upload
-    /// then download. Applies at once; the new buckets start full.
+    /// then download. Applies at once; the new buckets start full. A download cap (or the
+    /// global one) sends the reads through the reader task and the scheduler's grants;
+    /// without either the consumer reads the socket directly (see the module docs).
     ///
     /// Errors: a cap of 0 ([`IoSchedulerError::Core`]); [`IoSchedulerError::Closed`].
     pub fn set_cap(&self, up: Option<u64>, down: Option<u64>) -> Result<(), IoSchedulerError> {
@@ -709,7 +908,14 @@ impl ScheduledWriter {
             Err(SchedulerError::UnknownConnection(_)) => Err(IoSchedulerError::Closed),
             other => Ok(other?),
         };
+        let wakers = if res.is_ok() {
+            let direct = core.sched.chunk_limit(self.id(), Direction::Recv) == usize::MAX;
+            self.owner.conn.set_recv_direct(direct)
+        } else {
+            [None, None]
+        };
         drop(core);
+        wakers.into_iter().flatten().for_each(Waker::wake);
         // Waiting requests may now go (or wait longer): let the dispatcher recompute.
         shared.wake.notify_one();
         res
@@ -835,6 +1041,7 @@ impl IoScheduler {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (rd, wr) = tokio::io::split(stream);
         let mut core = lock(&self.shared.core);
         if core.closing {
             return Err(IoSchedulerError::Shutdown);
@@ -845,8 +1052,13 @@ impl IoScheduler {
         let conn = Arc::new(ConnShared {
             id,
             sched: Arc::downgrade(&self.shared),
-            read: Mutex::new(ReadQueue::default()),
-            read_room: Notify::new(),
+            read: Mutex::new(ReadQueue {
+                io: Some(Box::new(rd)),
+                ..ReadQueue::default()
+            }),
+            recv_direct: AtomicBool::new(self.shared.config.max_download_speed.is_none()),
+            read_buffer_size: self.shared.config.read_buffer_size,
+            read_queue_size: self.shared.config.read_queue_size,
             write: Mutex::new(WriteQueue::default()),
             write_data: Notify::new(),
             write_room: Notify::new(),
@@ -857,15 +1069,10 @@ impl IoScheduler {
         });
         core.conns.insert(id, conn.clone());
         drop(core);
-        let (rd, wr) = tokio::io::split(stream);
         // Hold the task list while spawning so a task that cancels its connection at once
         // finds its handles.
         let mut tasks = lock(&conn.tasks);
-        tasks.push(tokio::spawn(reader_task(
-            conn.clone(),
-            self.shared.clone(),
-            rd,
-        )));
+        tasks.push(tokio::spawn(reader_task(conn.clone(), self.shared.clone())));
         tasks.push(tokio::spawn(writer_task(
             conn.clone(),
             self.shared.clone(),

@@ -453,3 +453,228 @@ async fn dropping_the_connection_closes_the_stream() {
     tokio::task::yield_now().await;
     assert!(s.connections().is_empty());
 }
+
+// ---- Direct reads (download not capped): the consumer reads the socket itself ----
+
+/// `fut`, failing after 10 s (virtual) instead of hanging.
+async fn within<T>(
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), fut).await
+}
+
+/// Byte `pos` of the test stream: a 251-periodic pattern, so a lost, doubled or reordered
+/// piece shows.
+fn pattern_byte(pos: u64) -> u8 {
+    (pos % 251) as u8
+}
+
+/// The remote end sends the pattern, `total` bytes (then shuts down) or forever (`None`);
+/// returns the bytes written.
+fn send_pattern(mut remote: DuplexStream, total: Option<u64>) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut pos = 0u64;
+        let mut buf = vec![0u8; 10_007];
+        while total.is_none_or(|t| pos < t) {
+            let n = total.map_or(buf.len() as u64, |t| (t - pos).min(buf.len() as u64));
+            for (i, b) in buf[..n as usize].iter_mut().enumerate() {
+                *b = pattern_byte(pos + i as u64);
+            }
+            if remote.write_all(&buf[..n as usize]).await.is_err() {
+                return pos;
+            }
+            pos += n;
+        }
+        let _ = remote.shutdown().await;
+        pos
+    })
+}
+
+/// Reads from `conn` with read sizes cycling through `sizes` until `want` bytes (or the end
+/// of stream), checking the pattern from `*pos` on; returns the bytes read.
+async fn read_pattern(
+    conn: &mut ScheduledConnection,
+    pos: &mut u64,
+    want: u64,
+    sizes: &[usize],
+) -> u64 {
+    let mut buf = vec![0u8; sizes.iter().copied().max().unwrap_or(1)];
+    let mut got = 0;
+    for size in sizes.iter().cycle() {
+        if got >= want {
+            break;
+        }
+        let size = (*size).min((want - got) as usize);
+        let n = conn.read(&mut buf[..size]).await.expect("no error");
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            assert_eq!(
+                *b,
+                pattern_byte(*pos + i as u64),
+                "byte {}",
+                *pos + i as u64
+            );
+        }
+        *pos += n as u64;
+        got += n as u64;
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncapped_direct_reads_keep_order_and_are_counted() {
+    let s = scheduler(IoSchedulerConfig::default());
+    let (mut conn, remote) = pair(&s);
+    let total = (1 << 20) + 7;
+    let sender = send_pattern(remote, Some(total));
+    let mut pos = 0;
+    // Large reads go straight into the caller's buffer; small ones read a chunk and queue
+    // the rest.
+    let sizes = [64 * 1024, 1, 100, CHUNK as usize, 2, 70_000, 3];
+    let got = read_pattern(&mut conn, &mut pos, u64::MAX, &sizes).await;
+    assert_eq!(got, total);
+    assert_eq!(sender.await.expect("sender"), total);
+    assert_eq!(conn.read_queued(), 0);
+    assert_eq!(conn.stat().total_recv, total, "direct reads are counted");
+    assert_eq!(s.global_stat().total_recv, total);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(conn.stat().current_inflow > 0, "{:?}", conn.stat());
+    assert!(s.global_stat().current_inflow > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncapped_reads_still_push_back_and_lose_nothing() {
+    let queue = 64 * 1024;
+    let s = scheduler(IoSchedulerConfig {
+        read_queue_size: queue,
+        ..IoSchedulerConfig::default()
+    });
+    let (mut conn, remote) = pair(&s);
+    let total = 1 << 20;
+    let sender = send_pattern(remote, Some(total));
+    // Nobody reads: the remote fills the pipe and blocks; nothing beyond the queue bound
+    // is taken from it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!sender.is_finished(), "the remote is pushed back");
+    assert!(conn.read_queued() <= queue);
+    assert!(conn.stat().total_recv <= queue as u64, "{:?}", conn.stat());
+    let mut pos = 0;
+    let got = read_pattern(&mut conn, &mut pos, u64::MAX, &[7, 64 * 1024, 100]).await;
+    assert_eq!(got, total, "nothing dropped");
+    assert_eq!(sender.await.expect("sender"), total);
+    assert_eq!(conn.stat().total_recv, total);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cap_set_mid_stream_goes_back_through_the_scheduler_and_off_again() {
+    let s = scheduler(IoSchedulerConfig::default());
+    let (mut conn, remote) = pair(&s);
+    let _sender = send_pattern(remote, None);
+    let mut pos = 0;
+    let sizes = [64 * 1024, 100];
+    let limit = Duration::from_secs(30);
+
+    // Uncapped: 4 MiB take no virtual time at all (a 32 KiB/s cap would need 2 minutes).
+    let start = Instant::now();
+    let fast = tokio::time::timeout(limit, read_pattern(&mut conn, &mut pos, 4 << 20, &sizes));
+    assert_eq!(fast.await.expect("uncapped"), 4 << 20);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Capped mid-stream: from now on the scheduler's cap holds.
+    let cap = 32 * KIB;
+    conn.set_cap(None, Some(cap)).expect("open");
+    let before = conn.stat().total_recv;
+    let secs = 5;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    // Bounded in bytes too: if the cap did not apply, the loop would never let virtual
+    // time move.
+    let budget = 4 * cap * secs;
+    let mut got = 0;
+    while got < budget {
+        let step = read_pattern(&mut conn, &mut pos, 64 * 1024, &sizes);
+        match tokio::time::timeout_at(deadline, step).await {
+            Ok(n) => got += n,
+            Err(_) => break,
+        }
+    }
+    let counted = conn.stat().total_recv - before;
+    // Bucket of max(cap × 100 ms, 512 bytes), what the last small read queued, one chunk
+    // in flight.
+    let slack = cap / 10 + 2 * CHUNK;
+    assert!(counted <= cap * secs + slack, "{counted}");
+    assert!(counted >= cap * (secs - 1), "{counted}");
+    assert!(got <= counted + CHUNK, "{got} read, {counted} counted");
+
+    // Cap removed: straight back to full speed, in order.
+    conn.set_cap(None, None).expect("open");
+    let start = Instant::now();
+    let fast = tokio::time::timeout(limit, read_pattern(&mut conn, &mut pos, 4 << 20, &sizes));
+    assert_eq!(fast.await.expect("uncapped again"), 4 << 20);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        conn.stat().total_recv,
+        pos + conn.read_queued() as u64,
+        "every byte read is counted once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn switching_caps_while_the_reader_waits_loses_no_wakeup() {
+    let s = scheduler(IoSchedulerConfig::default());
+    let (conn, mut remote) = pair(&s);
+    let writer = conn.writer();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let reader = tokio::spawn(async move {
+        let mut conn = conn;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return conn,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).await.is_err() {
+                        return conn;
+                    }
+                }
+            }
+        }
+    });
+    // The consumer waits on the socket (direct read), then a cap comes on: the reader task
+    // must take over the socket.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    writer.set_cap(None, Some(100 * KIB)).expect("open");
+    remote.write_all(b"capped").await.expect("open");
+    assert_eq!(
+        within(rx.recv()).await.expect("delivered"),
+        Some(b"capped".to_vec())
+    );
+    // Now the reader task waits on the socket; the cap goes: the consumer must take over.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    writer.set_cap(None, None).expect("open");
+    remote.write_all(b"direct").await.expect("open");
+    assert_eq!(
+        within(rx.recv()).await.expect("delivered"),
+        Some(b"direct".to_vec())
+    );
+    // And once more each way.
+    writer.set_cap(None, Some(100 * KIB)).expect("open");
+    remote.write_all(b"again").await.expect("open");
+    assert_eq!(
+        within(rx.recv()).await.expect("delivered"),
+        Some(b"again".to_vec())
+    );
+    writer.set_cap(None, None).expect("open");
+    drop(remote);
+    assert_eq!(within(rx.recv()).await.expect("end"), None);
+    let conn = reader.await.expect("reader");
+    assert_eq!(conn.stat().total_recv, 17);
+}
