@@ -348,6 +348,9 @@ enum Command<M> {
     BanPoint {
         point: Point,
     },
+    Disconnect {
+        peer_id: Option<PeerId>,
+    },
     SavePeers {
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -471,6 +474,25 @@ impl<M: AppMessage> NodeHandle<M> {
     /// Blacklists a point's address and closes the connections from it.
     pub async fn ban_point(&self, point: Point) {
         let _ = self.commands.send(Command::BanPoint { point }).await;
+    }
+
+    /// Closes the connection with `peer_id` (a Disconnect is sent), if there is one.
+    pub async fn disconnect(&self, peer_id: PeerId) {
+        let _ = self
+            .commands
+            .send(Command::Disconnect {
+                peer_id: Some(peer_id),
+            })
+            .await;
+    }
+
+    /// Closes every connection (octez `tear_down_connections`); the node keeps running and
+    /// may dial again.
+    pub async fn tear_down_connections(&self) {
+        let _ = self
+            .commands
+            .send(Command::Disconnect { peer_id: None })
+            .await;
     }
 
     /// Saves the peers file now (atomically); errors are described in text.
@@ -1097,6 +1119,16 @@ impl<M: AppMessage> Owner<M> {
             Command::BanPoint { point } => {
                 for d in self.pool.ban_point(&point) {
                     self.close_peer(&d.peer_id, "banned");
+                }
+            }
+            Command::Disconnect {
+                peer_id: Some(peer_id),
+            } => {
+                self.close_peer(&peer_id, "disconnected by request");
+            }
+            Command::Disconnect { peer_id: None } => {
+                for c in self.connections.values() {
+                    c.close("tear down");
                 }
             }
             Command::SavePeers { reply } => {

@@ -320,3 +320,35 @@ async fn persistent_peer_is_redialed_after_it_comes_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn disconnect_and_tear_down_close_connections_and_the_node_goes_on() {
+    let a = start(config(1, "127.0.0.1")).await;
+    let b = start(config(2, "127.0.0.2")).await;
+    let c = start(config(3, "127.0.0.3")).await;
+    let mut events = a.handle.subscribe();
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    a.handle.connect(Point::from(c.addr), None).await.unwrap();
+    a.handle.disconnect(b.handle.peer_id()).await;
+    assert_eq!(
+        next_close_reason(&mut events).await,
+        CloseReason::Local("disconnected by request")
+    );
+    let left: Vec<_> = a
+        .handle
+        .connections()
+        .await
+        .iter()
+        .map(|x| x.info.peer_id)
+        .collect();
+    assert_eq!(left, [c.handle.peer_id()]);
+    a.handle.tear_down_connections().await;
+    assert_eq!(
+        next_close_reason(&mut events).await,
+        CloseReason::Local("tear down")
+    );
+    assert!(a.handle.connections().await.is_empty());
+    // The node still works.
+    let d = start(config(4, "127.0.0.4")).await;
+    a.handle.connect(Point::from(d.addr), None).await.unwrap();
+}
