@@ -12,7 +12,7 @@ use peerpool::socket::{self, Established, SocketError};
 use peerpool_proto::connection_message::{NackMotive, SupportedVersions};
 use peerpool_proto::crypto::CryptoError;
 use peerpool_proto::framing::FramingError;
-use peerpool_proto::handshake::{Direction, HandshakeConfig, HandshakeError};
+use peerpool_proto::handshake::{Direction, HandshakeError};
 use peerpool_proto::identity::{Identity, PowTarget};
 use peerpool_proto::point::Point;
 use peerpool_proto::pool::PoolError;
@@ -53,24 +53,13 @@ impl Harness {
         }
     }
 
-    fn handshake_config(&self, identity: Arc<Identity>) -> HandshakeConfig {
-        HandshakeConfig {
-            identity,
-            versions: SupportedVersions::octez("TEZOS"),
-            listening_port: None,
-            metadata: Default::default(),
-            pow_target: PowTarget::new(0.0).unwrap(),
-            chunk_payload_size: 65517,
-        }
-    }
-
     /// A real, established session with the node, for sending crafted bytes after it.
     async fn session(&mut self) -> Established<TcpStream> {
         self.seed += 1;
         let stream = TcpStream::connect(self.node.addr).await.unwrap();
         let auth = socket::authenticate(
             stream,
-            self.handshake_config(identity(self.seed)),
+            client_config(identity(self.seed)),
             Direction::Outgoing,
             [3; 24],
         )
@@ -164,7 +153,7 @@ async fn proof_of_work_below_the_target() {
         .find(|id| (id.pow_bits() as f64) < TEST_POW)
         .unwrap();
     let stream = TcpStream::connect(h.node.addr).await.unwrap();
-    let cfg = h.handshake_config(Arc::new(weak));
+    let cfg = client_config(Arc::new(weak));
     // The node closes without a Nack; our side sees the connection end.
     let ours = socket::authenticate(stream, cfg, Direction::Outgoing, [4; 24]).await;
     assert!(ours.is_err());

@@ -127,14 +127,7 @@ async fn unknown_chain_name_is_answered_with_a_nack_carrying_points() {
     );
     // A client that answers Ack whatever it sees (as `peerpool probe` does) reads b's Nack.
     let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    let hs = peerpool_proto::handshake::HandshakeConfig {
-        identity: identity(4),
-        versions: SupportedVersions::octez("TEZOS"),
-        listening_port: None,
-        metadata: Default::default(),
-        pow_target: peerpool_proto::identity::PowTarget::new(0.0).unwrap(),
-        chunk_payload_size: 65517,
-    };
+    let hs = client_config(identity(4));
     let auth = peerpool::socket::authenticate(stream, hs, Direction::Outgoing, [1; 24])
         .await
         .unwrap();

@@ -8,14 +8,12 @@ use common::*;
 use peerpool::connection::CloseReason;
 use peerpool::node::{ConnectError, NodeEvent};
 use peerpool::socket::{self, SocketError};
-use peerpool_proto::connection_message::SupportedVersions;
-use peerpool_proto::handshake::{Direction, HandshakeConfig};
-use peerpool_proto::identity::{Identity, PeerId, PowTarget};
+use peerpool_proto::handshake::Direction;
+use peerpool_proto::identity::PeerId;
 use peerpool_proto::point::Point;
 use peerpool_proto::pool::{P2pEvent, PoolError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,17 +30,6 @@ async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(format!("{ip}:0").parse().unwrap())?;
     socket.connect(to).await
-}
-
-fn client_config(identity: Arc<Identity>) -> HandshakeConfig {
-    HandshakeConfig {
-        identity,
-        versions: SupportedVersions::octez("TEZOS"),
-        listening_port: None,
-        metadata: Default::default(),
-        pow_target: PowTarget::new(0.0).unwrap(),
-        chunk_payload_size: 65517,
-    }
 }
 
 async fn established_peers(

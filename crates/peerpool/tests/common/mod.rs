@@ -126,3 +126,15 @@ pub async fn next_handshake_error(
     })
     .await
 }
+
+/// Handshake settings of a raw test client on chain `TEZOS` that demands no proof of work.
+pub fn client_config(identity: Arc<Identity>) -> peerpool_proto::handshake::HandshakeConfig {
+    peerpool_proto::handshake::HandshakeConfig {
+        identity,
+        versions: peerpool_proto::connection_message::SupportedVersions::octez("TEZOS"),
+        listening_port: None,
+        metadata: Default::default(),
+        pow_target: PowTarget::new(0.0).unwrap(),
+        chunk_payload_size: 65517,
+    }
+}
