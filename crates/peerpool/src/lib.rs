@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`budget`]: [`budget::ByteBudget`], the node-wide cap on buffered bytes.
 //! - [`socket`]: the handshake over a byte stream (drives the pure handshake machine).
 //! - [`connection`]: one established connection: reader and writer tasks, bounded queues.
 //! - [`node`]: the node: listener, dialer, table of established connections, control
@@ -13,6 +14,7 @@
 //! - [`peers_file`]: atomic save and careful load of `peers.json` (BEHAVIOUR.md §4.6).
 //! - [`scheduled_stream`]: a scheduled connection as an `AsyncRead + AsyncWrite` stream.
 
+pub mod budget;
 pub mod connection;
 pub mod io_scheduler;
 pub mod node;
