@@ -12,6 +12,8 @@
 //! - [`framing`]: encrypted chunks (seal/open, nonce counters) and the message stream decoder.
 //! - [`message`]: the P2P message envelope, control messages, and the application message trait.
 //! - [`handshake`]: the authenticated handshake as a sans-IO state machine.
+//! - [`policy`]: the connection policy: attempts, admission, tie-break, pool
+//!   transitions, ACL reactions, Bootstrap/Advertise, dial planning (BEHAVIOUR.md §1-§5, §7.3).
 //! - [`scheduler`]: bandwidth-scheduler arithmetic: token buckets, fair-share quotas,
 //!   who goes next, moving-average statistics (BEHAVIOUR.md §6).
 //! - [`pool`]: the pool's decisions: point/peer state machines, tables, GC, ACL, private
@@ -24,5 +26,6 @@ pub mod handshake;
 pub mod identity;
 pub mod message;
 pub mod point;
+pub mod policy;
 pub mod pool;
 pub mod scheduler;

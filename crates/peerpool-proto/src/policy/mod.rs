@@ -1,0 +1,401 @@
+//! The connection policy, sans-IO (BEHAVIOUR.md §1.2-1.4, §2, §5, §7.3): every decision
+//! about connections a node makes, as a function of its state, its inputs and `now`.
+//!
+//! [`ConnectionPolicy`] owns the [`Pool`] and the table of connection attempts and
+//! connections. It decides which attempts may start (the cheap checks before an incoming
+//! handshake, the dial checks), admits or refuses authenticated peers (the pool's checks,
+//! version selection, the tie-break between simultaneous dials, the slot check), moves
+//! points and peers through their state machines, applies the ACL's reactions to every
+//! failure, answers Bootstrap and registers Advertise (with per-peer rates), plans dials,
+//! and schedules the peers-file saves. The runtime performs I/O and reports results; it
+//! holds no policy.
+//!
+//! # Contract (quinn-proto style, as the handshake)
+//!
+//! - Inputs are `handle_*(now, …)` and the operator methods ([`ConnectionPolicy::connect`],
+//!   [`ConnectionPolicy::ban_peer`], …). Decisions the caller needs at once are returned
+//!   ([`Admission`], the id of a new attempt, or a [`Refusal`]).
+//! - Outputs are [`Action`]s drained with [`ConnectionPolicy::poll_action`] until `None`,
+//!   in order: dial, close, send a control message, set a weight, save the peers file,
+//!   tell subscribers.
+//! - [`ConnectionPolicy::poll_timeout`] is the next deadline; call
+//!   [`ConnectionPolicy::handle_timeout`] then. There is no fixed tick.
+//! - Randomness (sampling of points, victims) comes from an RNG seeded by the caller, and
+//!   the pool's tables are keyed from it: the same inputs give the same outputs.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`PolicyConfig`], checked once.
+//! - [`types`]: ids, inputs, decisions, [`Action`], [`PolicyEvent`].
+//! - [`plugins`]: where the maintenance and the connection manager plug in: the
+//!   [`AdmissionHook`] (evict-to-admit), the [`VictimPolicy`] ("too many"), the
+//!   [`DialPlanner`], each with octez's behaviour as its default.
+//! - `attempts`: starting attempts, their outcomes, the pool transitions.
+//! - `admission`: the accept/reject decision and the tie-break.
+//! - `control`: per-peer rate limits (the `governor` crate) and Bootstrap/Advertise.
+//! - `operator`: bans, trust, greylisting, disconnections, shutdown.
+
+pub mod config;
+pub mod plugins;
+pub mod types;
+
+mod admission;
+mod attempts;
+mod control;
+mod operator;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use config::{PolicyConfig, PolicyConfigError, Rate, ADVERTISE_POINTS};
+pub use plugins::{
+    AdmissionHook, Candidate, DialPlan, DialPlanner, MinConnectionsPlanner, PlanContext,
+    RandomVictims, RefuseWhenFull, VictimPolicy,
+};
+pub use types::{
+    Action, Admission, AttemptFailure, AuthenticatedPeer, ClosedBy, ConnectionId, ConnectionView,
+    ControlKind, ControlMessage, DisconnectReason, PolicyEvent, Refusal,
+};
+
+use crate::handshake::Direction;
+use crate::identity::PeerId;
+use crate::point::Point;
+use crate::pool::{PeerMeta, PeerRecord, Pool, Time, Trigger};
+use control::{ControlLimits, InputClock};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+/// A connection attempt in flight.
+#[derive(Debug, Clone)]
+struct Attempt {
+    direction: Direction,
+    remote_addr: SocketAddr,
+    /// Outgoing: the point dialled; incoming: the announced listening point, once known.
+    point: Option<Point>,
+    /// Set when admitted.
+    peer_id: Option<PeerId>,
+    /// The peer id the caller expects (`addr:port#peer_id`).
+    expected: Option<PeerId>,
+    /// The remote said it is private (known once authenticated).
+    private: bool,
+}
+
+/// An established connection.
+#[derive(Debug)]
+struct Connection {
+    view: ConnectionView,
+    limits: ControlLimits,
+}
+
+/// The connection policy of one node (see the module doc). `M` is the peer metadata.
+pub struct ConnectionPolicy<M> {
+    config: PolicyConfig,
+    pool: Pool<M>,
+    rng: StdRng,
+    clock: InputClock,
+    local_peer_id: PeerId,
+    /// Automatic dialing runs (after `activate`).
+    active: bool,
+    /// Shutting down: no new attempt starts.
+    stopping: bool,
+    next_id: u64,
+    attempts: BTreeMap<ConnectionId, Attempt>,
+    connections: BTreeMap<ConnectionId, Connection>,
+    by_peer: BTreeMap<PeerId, ConnectionId>,
+    /// Connections we asked the runtime to close, not yet reported closed.
+    closing: BTreeSet<ConnectionId>,
+    /// The admitted attempt that owns each peer's Accepted state.
+    pending: BTreeMap<PeerId, ConnectionId>,
+    /// The attempt that owns each point's Requested/Accepted state.
+    point_owner: BTreeMap<Point, ConnectionId>,
+    incoming_in_flight: usize,
+    dialing: usize,
+    actions: VecDeque<Action<M>>,
+    replan: bool,
+    next_plan: Option<Time>,
+    next_save: Option<Time>,
+    admission_hook: Box<dyn AdmissionHook>,
+    victims: Box<dyn VictimPolicy>,
+    planner: Box<dyn DialPlanner<M>>,
+}
+
+impl<M> std::fmt::Debug for ConnectionPolicy<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPolicy")
+            .field("local_peer_id", &self.local_peer_id)
+            .field("active", &self.active)
+            .field("attempts", &self.attempts.len())
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
+    /// A policy for the node `local_peer_id` around `pool`, at `now`. `seed` seeds the RNG
+    /// (point sampling, victims). Starts inactive: no automatic dialing until
+    /// [`ConnectionPolicy::activate`]; explicit connects and incoming connections are
+    /// served at once.
+    ///
+    /// Errors: [`PolicyConfigError`] from [`PolicyConfig::validate`].
+    pub fn new(
+        now: Time,
+        config: PolicyConfig,
+        pool: Pool<M>,
+        local_peer_id: PeerId,
+        seed: u64,
+    ) -> Result<Self, PolicyConfigError> {
+        config.validate()?;
+        let clock = InputClock::default();
+        clock.set(now);
+        let next_save = config.peers_file_interval.map(|d| now.saturating_add(d));
+        Ok(ConnectionPolicy {
+            config,
+            pool,
+            rng: StdRng::seed_from_u64(seed),
+            clock,
+            local_peer_id,
+            active: false,
+            stopping: false,
+            next_id: 1,
+            attempts: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            closing: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            point_owner: BTreeMap::new(),
+            incoming_in_flight: 0,
+            dialing: 0,
+            actions: VecDeque::new(),
+            replan: false,
+            next_plan: None,
+            next_save,
+            admission_hook: Box::new(RefuseWhenFull),
+            victims: Box::new(RandomVictims),
+            planner: Box::new(MinConnectionsPlanner),
+        })
+    }
+
+    /// Replaces the admission hook (what a full node does with one more good peer).
+    pub fn set_admission_hook(&mut self, hook: Box<dyn AdmissionHook>) {
+        self.admission_hook = hook;
+    }
+
+    /// Replaces the victim policy ("too many connections").
+    pub fn set_victim_policy(&mut self, victims: Box<dyn VictimPolicy>) {
+        self.victims = victims;
+    }
+
+    /// Replaces the dial planner.
+    pub fn set_dial_planner(&mut self, planner: Box<dyn DialPlanner<M>>) {
+        self.planner = planner;
+        self.replan = true;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The pool, read-only (queries: points, peers, ACL, events history). Changes go
+    /// through the policy's methods, which keep connections consistent with the pool.
+    pub fn pool(&self) -> &Pool<M> {
+        &self.pool
+    }
+
+    /// Our peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Whether automatic dialing runs.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Running connections, by id.
+    pub fn connections(&self) -> impl Iterator<Item = &ConnectionView> + '_ {
+        self.connections.values().map(|c| &c.view)
+    }
+
+    /// The running connection with `peer_id`, if any.
+    pub fn connection_of(&self, peer_id: &PeerId) -> Option<&ConnectionView> {
+        let id = self.by_peer.get(peer_id)?;
+        self.connections.get(id).map(|c| &c.view)
+    }
+
+    /// Running connections (closing ones included until reported closed).
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Outgoing attempts in flight.
+    pub fn dialing(&self) -> usize {
+        self.dialing
+    }
+
+    /// Incoming handshakes in flight.
+    pub fn incoming_in_flight(&self) -> usize {
+        self.incoming_in_flight
+    }
+
+    /// Attempts in flight, both directions.
+    pub fn attempts_in_flight(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// The next action to carry out, oldest first; `None` when drained.
+    pub fn poll_action(&mut self) -> Option<Action<M>> {
+        self.actions.pop_front()
+    }
+
+    /// When [`ConnectionPolicy::handle_timeout`] must be called next: the IP-greylist
+    /// countdown, a backoff the dial planner waits for, the periodic peers-file save.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        [self.pool.poll_timeout(), self.next_plan, self.next_save]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Runs what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.clock.set(now);
+        if self.pool.poll_timeout().is_some_and(|t| t <= now) {
+            self.pool.gc_greylist(now);
+        }
+        if self.next_plan.is_some_and(|t| t <= now) {
+            self.next_plan = None;
+            self.replan = true;
+        }
+        if let Some(t) = self.next_save.filter(|t| *t <= now) {
+            let interval = self.config.peers_file_interval.unwrap_or_default();
+            // The next save is one interval after this one was due, or after now if the
+            // runtime was late by more than an interval.
+            let next = t.saturating_add(interval);
+            self.next_save = Some(if next > now {
+                next
+            } else {
+                now.saturating_add(interval)
+            });
+            self.actions
+                .push_back(Action::SavePeers(self.pool.peer_records()));
+        }
+        self.finish(now);
+    }
+
+    /// Starts automatic dialing (octez `activate`: the maintenance's first run).
+    pub fn activate(&mut self, now: Time) {
+        self.clock.set(now);
+        if !self.stopping {
+            self.active = true;
+            self.replan = true;
+        }
+        self.finish(now);
+    }
+
+    /// Records `point` as one of our own addresses (it is never dialled, and a peer that
+    /// announces it is not registered).
+    pub fn add_my_point(&mut self, point: Point) {
+        self.pool.add_to_id_points(point);
+    }
+
+    /// Adds records read from the peers file; returns the number of peers added.
+    pub fn load_peer_records(
+        &mut self,
+        now: Time,
+        records: impl IntoIterator<Item = PeerRecord<M>>,
+    ) -> usize {
+        self.clock.set(now);
+        let n = self.pool.load_peer_records(now, records);
+        self.replan = true;
+        self.finish(now);
+        n
+    }
+
+    /// The records to save in the peers file now.
+    pub fn peer_records(&self) -> Vec<PeerRecord<M>> {
+        self.pool.peer_records()
+    }
+
+    fn new_id(&mut self) -> ConnectionId {
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Views of the running connections that are not being closed, with trust refreshed.
+    fn live_views(&self) -> Vec<ConnectionView> {
+        self.connections
+            .values()
+            .filter(|c| !self.closing.contains(&c.view.id))
+            .map(|c| {
+                let mut v = c.view.clone();
+                v.trusted = v
+                    .point
+                    .is_some_and(|p| self.pool.point(&p).is_some_and(|i| i.trusted))
+                    || self.pool.peer(&v.peer_id).is_some_and(|p| p.trusted);
+                v
+            })
+            .collect()
+    }
+
+    fn close(&mut self, id: ConnectionId, reason: DisconnectReason) {
+        if self.connections.contains_key(&id) && self.closing.insert(id) {
+            self.actions.push_back(Action::Close { id, reason });
+        }
+    }
+
+    /// Ends every input: acts on the pool's triggers, trims, plans dials, and moves the
+    /// pool's events to the action queue (in the order they happened).
+    fn finish(&mut self, now: Time) {
+        while let Some(trigger) = self.pool.poll_trigger() {
+            match trigger {
+                Trigger::NewPoint | Trigger::TooFewConnections | Trigger::NewPeer => {
+                    self.replan = true
+                }
+                Trigger::TooManyConnections | Trigger::NewConnection => {}
+            }
+        }
+        self.trim(now);
+        if self.replan && self.active && !self.stopping {
+            self.replan = false;
+            self.plan(now);
+        }
+        while let Some(event) = self.pool.poll_event() {
+            self.actions
+                .push_back(Action::Event(PolicyEvent::Pool(event)));
+        }
+    }
+
+    /// Closes connections above `max_connections`, chosen by the victim policy.
+    fn trim(&mut self, now: Time) {
+        let live = self.connections.len() - self.closing.len();
+        let max = self.pool.config().max_connections;
+        if live <= max {
+            return;
+        }
+        let views = self.live_views();
+        let victims = self.victims.choose(now, &views, live - max, &mut self.rng);
+        for id in victims.into_iter().take(live - max) {
+            self.close(id, DisconnectReason::TooManyConnections);
+        }
+    }
+
+    fn plan(&mut self, now: Time) {
+        let ctx = PlanContext {
+            pool: &self.pool,
+            active: self.connections.len(),
+            dialing: self.dialing,
+        };
+        let plan = self.planner.plan(now, &ctx);
+        self.next_plan = plan.next_check.filter(|t| *t > now);
+        for point in plan.dial {
+            // A planned dial the pool no longer allows is skipped, not an error.
+            let _ = self.start_dial(now, point, None);
+        }
+    }
+}
