@@ -121,7 +121,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             }
         }
         // 3. Versions.
-        let version = match self.config.versions.select(&peer.announced_version) {
+        let version = match self.versions.select(&peer.announced_version) {
             Ok(v) => v,
             Err(motive) => return self.nack(motive, point),
         };

@@ -1,6 +1,5 @@
 //! The policy's settings, checked once by [`PolicyConfig::validate`].
 
-use crate::connection_message::SupportedVersions;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -23,9 +22,6 @@ pub struct Rate {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PolicyConfig {
-    /// Our chain name and supported versions; a peer with another chain or no common
-    /// version is answered with a Nack (§7.2).
-    pub versions: SupportedVersions,
     /// Incoming handshakes in flight at once; more are refused at accept, before any byte
     /// is read (octez `max_incoming_connections`, default 20). Must be ≥ 1.
     pub max_incoming_handshakes: usize,
@@ -47,11 +43,9 @@ pub struct PolicyConfig {
     pub peers_file_interval: Option<Duration>,
 }
 
-impl PolicyConfig {
-    /// Defaults for `versions`.
-    pub fn new(versions: SupportedVersions) -> Self {
+impl Default for PolicyConfig {
+    fn default() -> Self {
         PolicyConfig {
-            versions,
             max_incoming_handshakes: 20,
             bootstrap_on_connect: true,
             peer_discovery: true,
@@ -67,7 +61,9 @@ impl PolicyConfig {
             peers_file_interval: Some(Duration::from_secs(300)),
         }
     }
+}
 
+impl PolicyConfig {
     /// Checks every rule. Errors: [`PolicyConfigError`] naming the field.
     pub fn validate(&self) -> Result<(), PolicyConfigError> {
         if self.max_incoming_handshakes == 0 {

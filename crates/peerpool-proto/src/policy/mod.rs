@@ -59,6 +59,7 @@ pub use types::{
     ControlKind, ControlMessage, DisconnectReason, PolicyEvent, Refusal,
 };
 
+use crate::connection_message::SupportedVersions;
 use crate::handshake::Direction;
 use crate::identity::PeerId;
 use crate::point::Point;
@@ -94,6 +95,7 @@ struct Connection {
 /// The connection policy of one node (see the module doc). `M` is the peer metadata.
 pub struct ConnectionPolicy<M> {
     config: PolicyConfig,
+    versions: SupportedVersions,
     pool: Pool<M>,
     rng: StdRng,
     clock: InputClock,
@@ -135,7 +137,9 @@ impl<M> std::fmt::Debug for ConnectionPolicy<M> {
 }
 
 impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
-    /// A policy for the node `local_peer_id` around `pool`, at `now`. `seed` seeds the RNG
+    /// A policy for the node `local_peer_id`, which speaks `versions` (a peer with another
+    /// chain or no common version is answered with a Nack, BEHAVIOUR.md §7.2), around
+    /// `pool`, at `now`. `seed` seeds the RNG
     /// (point sampling, victims). Starts inactive: no automatic dialing until
     /// [`ConnectionPolicy::activate`]; explicit connects and incoming connections are
     /// served at once.
@@ -144,6 +148,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn new(
         now: Time,
         config: PolicyConfig,
+        versions: SupportedVersions,
         pool: Pool<M>,
         local_peer_id: PeerId,
         seed: u64,
@@ -154,6 +159,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         let next_save = config.peers_file_interval.map(|d| now.saturating_add(d));
         Ok(ConnectionPolicy {
             config,
+            versions,
             pool,
             rng: StdRng::seed_from_u64(seed),
             clock,

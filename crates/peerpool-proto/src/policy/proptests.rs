@@ -4,7 +4,7 @@
 
 use super::tests::{auth, ip, peer, point, policy_with, pool_config, t};
 use super::*;
-use crate::connection_message::{NackMotive, SupportedVersions};
+use crate::connection_message::NackMotive;
 use crate::pool::{PeerState, PointState};
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -104,7 +104,7 @@ proptest! {
         let mut pool = pool_config();
         pool.max_connections = 3;
         pool.min_connections = 2;
-        let mut config = PolicyConfig::new(SupportedVersions::octez("TEZOS"));
+        let mut config = PolicyConfig::default();
         config.max_incoming_handshakes = 3;
         let mut p = policy_with(pool, config, 100);
         p.activate(t(0));

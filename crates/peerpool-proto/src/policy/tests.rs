@@ -48,15 +48,19 @@ pub(super) fn pool_config() -> PoolConfig {
 pub(super) fn policy_with(pool: PoolConfig, config: PolicyConfig, me: u8) -> ConnectionPolicy<()> {
     let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(7);
     let pool = Pool::new(pool, &mut rng).unwrap();
-    ConnectionPolicy::new(t(0), config, pool, peer(me), 42).unwrap()
+    ConnectionPolicy::new(
+        t(0),
+        config,
+        SupportedVersions::octez("TEZOS"),
+        pool,
+        peer(me),
+        42,
+    )
+    .unwrap()
 }
 
 pub(super) fn policy() -> ConnectionPolicy<()> {
-    policy_with(
-        pool_config(),
-        PolicyConfig::new(SupportedVersions::octez("TEZOS")),
-        100,
-    )
+    policy_with(pool_config(), PolicyConfig::default(), 100)
 }
 
 fn drain(p: &mut ConnectionPolicy<()>) -> Vec<Action<()>> {
@@ -154,7 +158,7 @@ fn a_refused_dial_leaves_no_trace_and_says_why() {
 
 #[test]
 fn incoming_cheap_checks_come_before_any_handshake() {
-    let mut config = PolicyConfig::new(SupportedVersions::octez("TEZOS"));
+    let mut config = PolicyConfig::default();
     config.max_incoming_handshakes = 2;
     let mut p = policy_with(pool_config(), config, 100);
     let a = p.handle_incoming(t(1), SocketAddr::new(ip(1), 1)).unwrap();
@@ -168,7 +172,7 @@ fn incoming_cheap_checks_come_before_any_handshake() {
     assert!(p.handle_incoming(t(2), SocketAddr::new(ip(3), 1)).is_ok());
     // A greylisted address is refused at once.
     p.greylist_addr(t(2), ip(4));
-    let mut config = PolicyConfig::new(SupportedVersions::octez("TEZOS"));
+    let mut config = PolicyConfig::default();
     config.max_incoming_handshakes = 10;
     let mut q = policy_with(pool_config(), config, 100);
     q.greylist_addr(t(2), ip(4));
@@ -248,7 +252,7 @@ fn garbage_greylists_the_address_and_myself_remembers_the_point() {
 #[test]
 fn nack_points_are_registered_unless_discovery_is_off() {
     for discovery in [true, false] {
-        let mut config = PolicyConfig::new(SupportedVersions::octez("TEZOS"));
+        let mut config = PolicyConfig::default();
         config.peer_discovery = discovery;
         let mut p = policy_with(pool_config(), config, 100);
         let id = p.connect(t(1), point(1), None, false).unwrap();
@@ -342,7 +346,7 @@ fn simultaneous_dials_keep_the_connection_dialled_by_the_smaller_id() {
     ];
     for (a_id, b_id) in [(1u8, 2u8), (2, 1)] {
         for order in orders {
-            let config = || PolicyConfig::new(SupportedVersions::octez("TEZOS"));
+            let config = || PolicyConfig::default();
             let mut a = policy_with(pool_config(), config(), a_id);
             let mut b = policy_with(pool_config(), config(), b_id);
             let a_point = Point::new(ip(a_id), 9732);
@@ -479,7 +483,7 @@ fn a_private_peers_bootstrap_and_everything_without_discovery_is_ignored() {
         .iter()
         .any(|a| matches!(a, Action::Send { .. })));
 
-    let mut config = PolicyConfig::new(SupportedVersions::octez("TEZOS"));
+    let mut config = PolicyConfig::default();
     config.peer_discovery = false;
     let mut q = policy_with(pool_config(), config, 100);
     let id = establish_incoming(&mut q, 1, t(0));
@@ -527,11 +531,7 @@ fn the_planner_dials_trusted_points_and_sleeps_until_their_backoff_ends() {
 fn below_min_connections_advertised_points_are_dialled() {
     let mut pool = pool_config();
     pool.min_connections = 2;
-    let mut p = policy_with(
-        pool,
-        PolicyConfig::new(SupportedVersions::octez("TEZOS")),
-        100,
-    );
+    let mut p = policy_with(pool, PolicyConfig::default(), 100);
     p.activate(t(0));
     let asker = establish_incoming(&mut p, 1, t(0));
     drain(&mut p);
