@@ -104,8 +104,10 @@ proptest! {
         let mut pool = pool_config();
         pool.max_connections = 3;
         pool.min_connections = 2;
-        let mut config = PolicyConfig::default();
-        config.max_incoming_handshakes = 3;
+        let config = PolicyConfig {
+            max_incoming_handshakes: 3,
+            ..PolicyConfig::default()
+        };
         let mut p = policy_with(pool, config, 100);
         p.activate(t(0));
         let mut now = 0u64;

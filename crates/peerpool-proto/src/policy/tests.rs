@@ -158,8 +158,10 @@ fn a_refused_dial_leaves_no_trace_and_says_why() {
 
 #[test]
 fn incoming_cheap_checks_come_before_any_handshake() {
-    let mut config = PolicyConfig::default();
-    config.max_incoming_handshakes = 2;
+    let config = PolicyConfig {
+        max_incoming_handshakes: 2,
+        ..PolicyConfig::default()
+    };
     let mut p = policy_with(pool_config(), config, 100);
     let a = p.handle_incoming(t(1), SocketAddr::new(ip(1), 1)).unwrap();
     let _b = p.handle_incoming(t(1), SocketAddr::new(ip(2), 1)).unwrap();
@@ -172,8 +174,10 @@ fn incoming_cheap_checks_come_before_any_handshake() {
     assert!(p.handle_incoming(t(2), SocketAddr::new(ip(3), 1)).is_ok());
     // A greylisted address is refused at once.
     p.greylist_addr(t(2), ip(4));
-    let mut config = PolicyConfig::default();
-    config.max_incoming_handshakes = 10;
+    let config = PolicyConfig {
+        max_incoming_handshakes: 10,
+        ..PolicyConfig::default()
+    };
     let mut q = policy_with(pool_config(), config, 100);
     q.greylist_addr(t(2), ip(4));
     assert_eq!(
@@ -252,8 +256,10 @@ fn garbage_greylists_the_address_and_myself_remembers_the_point() {
 #[test]
 fn nack_points_are_registered_unless_discovery_is_off() {
     for discovery in [true, false] {
-        let mut config = PolicyConfig::default();
-        config.peer_discovery = discovery;
+        let config = PolicyConfig {
+            peer_discovery: discovery,
+            ..PolicyConfig::default()
+        };
         let mut p = policy_with(pool_config(), config, 100);
         let id = p.connect(t(1), point(1), None, false).unwrap();
         let _ = p.handle_authenticated(t(1), id, &auth(peer(1), Some(9732)));
@@ -483,8 +489,10 @@ fn a_private_peers_bootstrap_and_everything_without_discovery_is_ignored() {
         .iter()
         .any(|a| matches!(a, Action::Send { .. })));
 
-    let mut config = PolicyConfig::default();
-    config.peer_discovery = false;
+    let config = PolicyConfig {
+        peer_discovery: false,
+        ..PolicyConfig::default()
+    };
     let mut q = policy_with(pool_config(), config, 100);
     let id = establish_incoming(&mut q, 1, t(0));
     let actions = drain(&mut q);
