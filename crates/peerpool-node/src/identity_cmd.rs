@@ -4,7 +4,6 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use peerpool_proto::crypto::{random_bytes, SecretKey};
 use peerpool_proto::identity::{Identity, IdentityError, PowTarget, Stamp};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,24 +78,13 @@ pub fn load(path: &Path, expected: Option<&PowTarget>) -> Result<Identity, Ident
     })
 }
 
-/// Writes `text` to `path` atomically: temporary file, fsync, rename.
+/// Writes `text` to `path` atomically (the project's one atomic write,
+/// [`peerpool::persist::write_atomically`]), creating the directory first.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    peerpool::persist::write_atomically(path, text.as_bytes())
 }
 
 /// Searches a stamp for a fresh key on every core, showing attempts per second and the

@@ -3,11 +3,13 @@
 //! # Layout
 //!
 //! - [`identity_cmd`]: `peerpool identity generate|show`, and identity loading for the node.
+//! - [`metadata`]: the binary's peer metadata (octez's, as opaque JSON).
 //! - [`node_cmd`]: `peerpool node`, a node on the Tezos P2P network.
 //! - [`probe`]: `peerpool probe ADDR:PORT`, a handshake check for operators.
 //! - [`sandbox`]: `peerpool sandbox`, N nodes on 127.0.0.x in one process.
 
 mod identity_cmd;
+mod metadata;
 mod node_cmd;
 mod probe;
 mod sandbox;

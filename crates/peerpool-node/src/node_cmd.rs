@@ -1,8 +1,9 @@
 //! `peerpool node`: a node on a Tezos-family P2P network. Flag names follow octez-node.
 
 use crate::identity_cmd;
+use crate::metadata::OctezPeerMetadata;
 use clap::Args;
-use peerpool::node::{Node, NodeConfig, NodeEvent, NodeHandle};
+use peerpool::{Node, NodeConfig};
 use peerpool_proto::identity::{PeerId, PowTarget};
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::{parse_point_with_peer_id, Point};
@@ -47,43 +48,51 @@ fn parse_peer(s: &str) -> Result<(Point, Option<PeerId>), String> {
     parse_point_with_peer_id(s).map_err(|e| e.to_string())
 }
 
-/// Starts a task that reads every connection's application messages (counting them), so
-/// application queues never stay full in a node that has no application on top.
-pub fn spawn_app_drain(handle: NodeHandle<RawMessage>) -> Arc<AtomicU64> {
+/// The node the binary runs: raw application messages, octez peer metadata.
+pub type BinaryNode = Node<RawMessage, OctezPeerMetadata>;
+
+/// Starts a task that reads every application message (counting them), so application
+/// queues never stay full in a node that has no application on top. It ends when the
+/// node stops.
+pub fn spawn_app_drain(node: BinaryNode) -> Arc<AtomicU64> {
     let received = Arc::new(AtomicU64::new(0));
     let count = received.clone();
-    let mut events = handle.subscribe();
     tokio::spawn(async move {
-        let mut drained = std::collections::HashSet::new();
-        loop {
-            match events.recv().await {
-                Ok(NodeEvent::ConnectionEstablished { .. }) => {}
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "event subscriber lagged; rescanning connections");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-            let connections = handle.connections().await;
-            let live: std::collections::HashSet<u64> =
-                connections.iter().map(|c| c.info.id).collect();
-            drained.retain(|id| live.contains(id));
-            for conn in connections {
-                if drained.insert(conn.info.id) {
-                    let count = count.clone();
-                    tokio::spawn(async move {
-                        while conn.recv().await.is_some() {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                    });
-                }
-            }
+        while node.recv_any().await.is_some() {
+            count.fetch_add(1, Ordering::Relaxed);
         }
     });
     received
 }
 
-/// Runs the node until Ctrl-C.
+/// Waits for Ctrl-C or SIGTERM (what service managers and containers send); both stop
+/// the node the same way.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    biased;
+                    r = tokio::signal::ctrl_c() => {
+                        if let Err(e) = r {
+                            error!(error = %e, "cannot wait for Ctrl-C");
+                        }
+                    }
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+                return;
+            }
+            Err(e) => error!(error = %e, "cannot wait for SIGTERM; Ctrl-C only"),
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        error!(error = %e, "cannot wait for Ctrl-C");
+    }
+}
+
+/// Runs the node until Ctrl-C or SIGTERM, then shuts it down (saving the peers file).
 pub async fn run(args: NodeArgs) -> ExitCode {
     let target = match PowTarget::new(args.expected_pow) {
         Ok(t) => t,
@@ -103,13 +112,19 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let mut config = NodeConfig::new(identity.clone(), &args.chain_name);
     config.listen_addr = Some(args.net_addr);
     config.pow_target = target;
-    config.data_dir = Some(data_dir.clone());
+    config.peers_file = Some(data_dir.join("peers.json"));
     config.pool.private_mode = args.private_mode;
-    config.metadata.private_node = args.private_mode;
     config.io_scheduler.max_download_speed =
         args.max_download_speed.map(|k| k.saturating_mul(1024));
     config.io_scheduler.max_upload_speed = args.max_upload_speed.map(|k| k.saturating_mul(1024));
-    let node = match Node::<RawMessage>::start(config).await {
+    let config = match config.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let node = match BinaryNode::start(config).await {
         Ok(n) => n,
         Err(e) => {
             error!(error = %e, "cannot start the node");
@@ -117,16 +132,15 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let handle = node.handle();
     info!(peer_id = %identity.peer_id, listen = ?node.local_addr(), chain = %args.chain_name, "node started");
-    spawn_app_drain(handle.clone());
+    spawn_app_drain(node.clone());
     for (point, expected) in args.peers {
-        handle.add_peer(point, expected).await;
+        node.add_peer(point, expected).await;
     }
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        error!(error = %e, "cannot wait for Ctrl-C");
-    }
+    node.activate().await;
+    stop_signal().await;
     info!("shutting down");
-    handle.shutdown().await;
+    node.shutdown().await;
+    info!("stopped");
     ExitCode::SUCCESS
 }

@@ -4,9 +4,10 @@
 //! at the end (`--duration` or Ctrl-C) a summary, and a non-zero exit if a node ended
 //! with no connection.
 
-use crate::node_cmd::spawn_app_drain;
+use crate::node_cmd::{spawn_app_drain, stop_signal, BinaryNode};
 use clap::Args;
-use peerpool::node::{Node, NodeConfig, NodeHandle};
+use comfy_table::{presets::NOTHING, CellAlignment, Table};
+use peerpool::NodeConfig;
 use peerpool_proto::identity::{Identity, PowTarget};
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::Point;
@@ -74,7 +75,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 struct SandboxNode {
     addr: SocketAddr,
-    handle: NodeHandle<RawMessage>,
+    handle: BinaryNode,
     received: Arc<AtomicU64>,
 }
 
@@ -94,7 +95,7 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
     );
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
-        let mut rng = rand::rng();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_add(i as u64));
         let identity = Arc::new(Identity::generate(&target, &mut rng));
         let mut config = NodeConfig::new(identity, "TEZOS");
         config.listen_addr = Some(SocketAddr::new(
@@ -107,18 +108,22 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             args.max_download_speed.map(|k| k.saturating_mul(1024));
         config.io_scheduler.max_upload_speed =
             args.max_upload_speed.map(|k| k.saturating_mul(1024));
-        let node = match Node::<RawMessage>::start(config).await {
+        let started = match config.validate() {
+            Ok(config) => BinaryNode::start(config).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let handle = match started {
             Ok(node) => node,
             Err(e) => {
                 eprintln!("error: node {}: {e}", i + 1);
                 return ExitCode::FAILURE;
             }
         };
-        let Some(addr) = node.local_addr() else {
+        let Some(addr) = handle.local_addr() else {
             eprintln!("error: node {} has no listening address", i + 1);
             return ExitCode::FAILURE;
         };
-        let handle = node.handle();
+        handle.activate().await;
         let received = spawn_app_drain(handle.clone());
         nodes.push(SandboxNode {
             addr,
@@ -147,12 +152,16 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
                 loop {
                     tick.tick().await;
                     // Tag 0x7f00 is outside the Tezos distributed-db range: sandbox traffic.
-                    handle
-                        .broadcast(&RawMessage {
+                    if handle.is_stopped() {
+                        return;
+                    }
+                    handle.broadcast(
+                        &RawMessage {
                             tag: 0x7f00,
                             body: body.clone(),
-                        })
-                        .await;
+                        },
+                        |_| false,
+                    );
                 }
             });
         }
@@ -160,8 +169,8 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
     let live = std::io::stdout().is_terminal();
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -171,7 +180,7 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = &mut ctrl_c => break,
+            _ = &mut stop => break,
         }
     }
     let isolated = print_table(&nodes, "summary").await;
@@ -193,8 +202,8 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
 /// Prints the table and returns how many nodes have no connection.
 async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
     println!("peerpool sandbox ({title}): {} nodes", nodes.len());
-    println!(
-        "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>9}  {:>9}  {:>8}",
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(vec![
         "node",
         "address",
         "peer id",
@@ -203,8 +212,8 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
         "bytes out",
         "in B/s",
         "out B/s",
-        "app msgs"
-    );
+        "app msgs",
+    ]);
     let mut isolated = 0;
     let mut total = 0;
     for (i, node) in nodes.iter().enumerate() {
@@ -213,19 +222,24 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
             isolated += 1;
         }
         total += stats.connections;
-        println!(
-            "{:>4}  {:<21}  {:<30}  {:>5}  {:>12}  {:>12}  {:>9}  {:>9}  {:>8}",
-            i + 1,
+        table.add_row(vec![
+            (i + 1).to_string(),
             node.addr.to_string(),
             node.handle.peer_id().to_string(),
-            stats.connections,
-            stats.io.total_recv,
-            stats.io.total_sent,
-            stats.io.current_inflow,
-            stats.io.current_outflow,
-            node.received.load(Ordering::Relaxed)
-        );
+            stats.connections.to_string(),
+            stats.io.total_recv.to_string(),
+            stats.io.total_sent.to_string(),
+            stats.io.current_inflow.to_string(),
+            stats.io.current_outflow.to_string(),
+            node.received.load(Ordering::Relaxed).to_string(),
+        ]);
     }
+    for column in [0, 3, 4, 5, 6, 7, 8] {
+        if let Some(c) = table.column_mut(column) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    println!("{table}");
     println!(
         "connections: {} (each counted at both ends), nodes with none: {isolated}",
         total / 2

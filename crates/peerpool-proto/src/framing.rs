@@ -188,6 +188,13 @@ impl MessageDecoder {
         self.buf.len() - self.start
     }
 
+    /// The announced length `N` of the next message, once its 4-byte prefix is buffered
+    /// (so a reader can reserve memory for the whole body before buffering it).
+    pub fn pending_len(&self) -> Option<usize> {
+        let pending = self.buf.get(self.start..self.start + 4)?;
+        Some(u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize)
+    }
+
     /// The next whole message body (the `N` bytes after the length), or `Ok(None)` if more
     /// bytes are needed. Errors with [`FramingError::MessageTooLarge`] on an over-long length.
     pub fn next_message(&mut self) -> Result<Option<&[u8]>, FramingError> {

@@ -2,10 +2,10 @@
 //! run (docs/BENCHMARKS.md):
 //!
 //! - `transfer_64k/peerpool`: two `Node<RawMessage>`, one connection, `MESSAGES` app
-//!   messages with a 64 KiB body sent one way with `ConnectionHandle::send`, timed until
-//!   the last is returned by `ConnectionHandle::recv`.
+//!   messages with a 64 KiB body sent one way with `Connection::send`, timed until
+//!   the last is returned by `Connection::recv`.
 //! - `transfer_64k/tcp`: the same number of bytes over a plain `tokio::net::TcpStream`.
-//! - `handshake/peerpool_connect`: `NodeHandle::connect` to a listening node (TCP connect
+//! - `handshake/peerpool_connect`: `Node::connect` to a listening node (TCP connect
 //!   and the whole handshake), sequential; each connection is closed, and both nodes have
 //!   seen it close, before the next one (outside the timing).
 //! - `handshake/peerpool_connect_x4`: four dialer nodes connect at once.
@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use peerpool::node::{Node, NodeConfig, NodeEvent, NodeHandle};
+use peerpool::{Events, Node, NodeConfig, NodeEvent};
 use peerpool_proto::identity::{Identity, PeerId, PowTarget};
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::Point;
@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::broadcast;
 
 /// Body bytes of one application message.
 const BODY_LEN: usize = 64 * 1024;
@@ -50,18 +49,17 @@ async fn start_node(listen: bool) -> Node<RawMessage> {
     let identity = Arc::new(Identity::generate(&target, &mut rand::rng()));
     let mut config = NodeConfig::new(identity, "PEERPOOL_BENCH");
     config.pow_target = target;
-    config.bootstrap_on_connect = false;
+    config.policy.bootstrap_on_connect = false;
     config.pool.max_connections = 1000;
     config.pool.min_connections = 0;
     config.listen_addr = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    Node::start(config).await.unwrap()
+    let node = Node::start(config.validate().unwrap()).await.unwrap();
+    node.activate().await;
+    node
 }
 
 /// Waits (at most 10 s) for an event matching `pred`.
-async fn wait_for(
-    events: &mut broadcast::Receiver<NodeEvent>,
-    pred: impl Fn(&NodeEvent) -> bool,
-) -> NodeEvent {
+async fn wait_for(events: &mut Events, pred: impl Fn(&NodeEvent) -> bool) -> NodeEvent {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match events.recv().await {
@@ -94,17 +92,13 @@ fn transfer(c: &mut Criterion) {
             let a = start_node(true).await;
             let b = start_node(false).await;
             let point = Point::from(a.local_addr().unwrap());
-            b.handle().connect(point, None).await.unwrap();
-            let connection = |n: NodeHandle<RawMessage>| async move {
-                loop {
-                    if let Some(c) = n.connections().await.pop() {
-                        return c;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            };
-            let tx = connection(b.handle()).await;
-            let rx = connection(a.handle()).await;
+            let mut a_events = a.events();
+            b.connect(point, None).await.unwrap();
+            let tx = b.connections().pop().unwrap();
+            if a.connections().is_empty() {
+                wait_for(&mut a_events, |ev| is_established(ev, b.peer_id())).await;
+            }
+            let rx = a.connections().pop().unwrap();
             (a, b, tx, rx)
         });
         let message = Arc::new(RawMessage {
@@ -120,7 +114,7 @@ fn transfer(c: &mut Criterion) {
                         let (tx, message) = (tx.clone(), message.clone());
                         tokio::spawn(async move {
                             for _ in 0..total {
-                                assert!(tx.send(&message).await, "connection closed");
+                                tx.send(&message).await.expect("connection closed");
                             }
                         })
                     };
@@ -135,8 +129,8 @@ fn transfer(c: &mut Criterion) {
             })
         });
         rt.block_on(async {
-            b.handle().shutdown().await;
-            a.handle().shutdown().await;
+            b.shutdown().await;
+            a.shutdown().await;
         });
     }
 
@@ -187,15 +181,11 @@ fn transfer(c: &mut Criterion) {
 struct Dialer {
     node: Node<RawMessage>,
     peer_id: PeerId,
-    events: broadcast::Receiver<NodeEvent>,
+    events: Events,
 }
 
 /// Waits until `events` reported `kind` (established or closed) for every peer in `peers`.
-async fn wait_all(
-    events: &mut broadcast::Receiver<NodeEvent>,
-    kind: fn(&NodeEvent, PeerId) -> bool,
-    peers: &[PeerId],
-) {
+async fn wait_all(events: &mut Events, kind: fn(&NodeEvent, PeerId) -> bool, peers: &[PeerId]) {
     let mut seen = vec![false; peers.len()];
     while !seen.iter().all(|s| *s) {
         let ev = wait_for(events, |ev| peers.iter().any(|p| kind(ev, *p))).await;
@@ -214,14 +204,14 @@ async fn wait_all(
 async fn close_and_wait(
     dialers: &mut [Dialer],
     listener_peer: PeerId,
-    listener_events: &mut broadcast::Receiver<NodeEvent>,
+    listener_events: &mut Events,
 ) {
     let peers: Vec<PeerId> = dialers.iter().map(|d| d.peer_id).collect();
     wait_all(listener_events, is_established, &peers).await;
     for d in dialers.iter_mut() {
         wait_for(&mut d.events, |ev| is_established(ev, listener_peer)).await;
-        for c in d.node.handle().connections().await {
-            c.close("bench");
+        for c in d.node.connections() {
+            c.close();
         }
     }
     for d in dialers.iter_mut() {
@@ -246,12 +236,12 @@ fn handshake(c: &mut Criterion) {
     let rt = runtime();
     let (listener, mut listener_events, mut dialers) = rt.block_on(async {
         let listener = start_node(true).await;
-        let events = listener.handle().subscribe();
+        let events = listener.events();
         let mut dialers = Vec::new();
         for _ in 0..DIALERS {
             let node = start_node(false).await;
-            let events = node.handle().subscribe();
-            let peer_id = node.handle().peer_id();
+            let events = node.events();
+            let peer_id = node.peer_id();
             dialers.push(Dialer {
                 node,
                 peer_id,
@@ -261,7 +251,7 @@ fn handshake(c: &mut Criterion) {
         (listener, events, dialers)
     });
     let point = Point::from(listener.local_addr().unwrap());
-    let listener_peer = listener.handle().peer_id();
+    let listener_peer = listener.peer_id();
     let mut group = c.benchmark_group("handshake");
 
     // Sequential: one dialer, one connect at a time.
@@ -274,7 +264,7 @@ fn handshake(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let peer = dialer[0].node.handle().connect(point, None).await.unwrap();
+                    let peer = dialer[0].node.connect(point, None).await.unwrap();
                     let took = start.elapsed();
                     assert_eq!(peer, listener_peer);
                     total += took;
@@ -297,7 +287,7 @@ fn handshake(c: &mut Criterion) {
                     let tasks: Vec<_> = dialers
                         .iter()
                         .map(|d| {
-                            let h = d.node.handle();
+                            let h = d.node.clone();
                             tokio::spawn(async move { h.connect(point, None).await.unwrap() })
                         })
                         .collect();
@@ -356,9 +346,9 @@ fn handshake(c: &mut Criterion) {
 
     rt.block_on(async {
         for d in &dialers {
-            d.node.handle().shutdown().await;
+            d.node.shutdown().await;
         }
-        listener.handle().shutdown().await;
+        listener.shutdown().await;
     });
     rt.shutdown_timeout(Duration::from_secs(1));
 }

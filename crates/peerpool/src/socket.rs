@@ -19,17 +19,24 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Why a handshake over a socket failed.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
 pub enum SocketError {
     /// The peer closed the connection, or a read or write failed.
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::sync::Arc<std::io::Error>),
     /// The peer closed the connection before the handshake ended.
     #[error("connection closed by the peer during the handshake")]
     ClosedDuringHandshake,
     /// The handshake protocol failed (bad PoW, bad MAC, Nack, ourselves …).
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+}
+
+impl From<std::io::Error> for SocketError {
+    fn from(e: std::io::Error) -> Self {
+        SocketError::Io(std::sync::Arc::new(e))
+    }
 }
 
 impl SocketError {

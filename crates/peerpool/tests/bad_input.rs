@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use peerpool::connection::CloseReason;
-use peerpool::node::{ConnectError, NodeEvent};
 use peerpool::socket::{self, Established, SocketError};
+use peerpool::CloseReason;
+use peerpool::{ConnectError, NodeEvent};
 use peerpool_proto::connection_message::{NackMotive, SupportedVersions};
 use peerpool_proto::crypto::CryptoError;
 use peerpool_proto::framing::FramingError;
@@ -19,12 +19,11 @@ use peerpool_proto::pool::PoolError;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 
 struct Harness {
     node: TestNode,
     witness: TestNode,
-    events: broadcast::Receiver<NodeEvent>,
+    events: peerpool::Events,
     seed: u64,
 }
 
@@ -44,7 +43,7 @@ impl Harness {
             .connect(Point::from(node.addr), None)
             .await
             .unwrap();
-        let events = node.handle.subscribe();
+        let events = node.handle.events();
         Harness {
             node,
             witness,
@@ -74,7 +73,7 @@ impl Harness {
         est
     }
 
-    async fn handshake_error(&mut self) -> Arc<ConnectError> {
+    async fn handshake_error(&mut self) -> ConnectError {
         next_handshake_error(&mut self.events).await
     }
 
@@ -132,7 +131,7 @@ async fn length_prefix_longer_than_what_follows_then_eof() {
     let e = h.handshake_error().await;
     assert!(
         matches!(
-            *e,
+            e,
             ConnectError::Handshake(SocketError::ClosedDuringHandshake)
         ),
         "{e}"
@@ -263,7 +262,7 @@ async fn unknown_chain_name_and_myself_leave_the_node_healthy() {
         .is_err());
     let e = h.handshake_error().await;
     assert!(
-        matches!(*e, ConnectError::RejectedByUs(NackMotive::UnknownChainName)),
+        matches!(e, ConnectError::RejectedByUs(NackMotive::UnknownChainName)),
         "{e}"
     );
     let e = h
@@ -307,7 +306,7 @@ async fn deprecated_version() {
     let e = h.handshake_error().await;
     assert!(
         matches!(
-            *e,
+            e,
             ConnectError::RejectedByUs(NackMotive::DeprecatedDistributedDbVersion)
         ),
         "{e}"

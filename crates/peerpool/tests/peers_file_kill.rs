@@ -3,8 +3,9 @@
 //! that the file always parses as one complete version.
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
-use peerpool::peers_file::{load, save};
+use peerpool::persist::write_atomically;
 use peerpool_proto::identity::PeerId;
+use peerpool_proto::pool::peers_file::{parse_peers_file, serialize_peers_file};
 use peerpool_proto::pool::{IdPoint, PeerEvent, PeerEventKind, PeerRecord, Time};
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
@@ -47,9 +48,16 @@ fn version(v: u64) -> Vec<PeerRecord<u64>> {
         .collect()
 }
 
+/// Saves a version with the node's atomic write.
+fn save(path: &Path, records: &[PeerRecord<u64>]) -> std::io::Result<()> {
+    let text = serialize_peers_file(records).unwrap();
+    write_atomically(path, text.as_bytes())
+}
+
 /// Returns the version of a complete file, or panics if the file is not one.
 fn check_complete(path: &Path) -> u64 {
-    let recs: Vec<PeerRecord<u64>> = load(path).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let recs: Vec<PeerRecord<u64>> = parse_peers_file(&text).unwrap();
     let v = recs[0].peer_metadata;
     assert_eq!(recs, version(v), "file is not a complete version {v}");
     v

@@ -5,15 +5,21 @@
 mod common;
 
 use common::*;
-use peerpool::connection::CloseReason;
-use peerpool::node::{ConnectError, NodeEvent};
+use peerpool::persist::MemoryStore;
 use peerpool::socket::{self, SocketError};
+use peerpool::transport::MemoryNetwork;
+use peerpool::CloseReason;
+use peerpool::Node;
+use peerpool::{ConnectError, NodeEvent};
 use peerpool_proto::handshake::Direction;
 use peerpool_proto::identity::PeerId;
+use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::Point;
+use peerpool_proto::policy::DisconnectReason;
 use peerpool_proto::pool::{P2pEvent, PoolError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,10 +38,7 @@ async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(to).await
 }
 
-async fn established_peers(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    want: &HashSet<PeerId>,
-) {
+async fn established_peers(events: &mut peerpool::Events, want: &HashSet<PeerId>) {
     let mut seen = HashSet::new();
     while !want.is_subset(&seen) {
         let peer = wait_for(events, |e| match e {
@@ -55,15 +58,15 @@ async fn a_restarted_node_reconnects_to_the_peers_it_learned() {
     c.handle.connect(Point::from(b.addr), None).await.unwrap();
     let a_config = || {
         let mut ca = config(1, "127.0.0.1");
-        ca.data_dir = Some(dir.clone());
-        ca.bootstrap_on_connect = true;
+        ca.peers_file = Some(dir.join("peers.json"));
+        ca.policy.bootstrap_on_connect = true;
         ca.pool.min_connections = 2;
         ca.pool.reconnection.disconnection_delay = Duration::from_millis(100);
         ca
     };
     // First run: a is told about b only, learns c from b's Advertise and dials it.
     let a = start(a_config()).await;
-    let mut events = a.handle.subscribe();
+    let mut events = a.handle.events();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
     let want: HashSet<PeerId> = [b.handle.peer_id(), c.handle.peer_id()].into();
     established_peers(&mut events, &want).await;
@@ -74,7 +77,7 @@ async fn a_restarted_node_reconnects_to_the_peers_it_learned() {
     drop(a);
     // Second run: nobody tells a anything; it reconnects to both from its peers file.
     let a2 = start(a_config()).await;
-    let mut events = a2.handle.subscribe();
+    let mut events = a2.handle.events();
     established_peers(&mut events, &want).await;
     let known = a2.handle.known_points().await;
     assert!(
@@ -89,7 +92,7 @@ async fn a_corrupt_peers_file_is_moved_aside_and_the_node_starts() {
     let dir = temp_dir("corrupt");
     std::fs::write(dir.join("peers.json"), b"[{\"peer_id\": 12").unwrap();
     let mut cfg = config(1, "127.0.0.1");
-    cfg.data_dir = Some(dir.clone());
+    cfg.peers_file = Some(dir.join("peers.json"));
     let a = start(cfg).await;
     let b = start(config(2, "127.0.0.2")).await;
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
@@ -107,7 +110,7 @@ async fn a_corrupt_peers_file_is_moved_aside_and_the_node_starts() {
 #[tokio::test]
 async fn a_peer_sending_garbage_after_the_handshake_is_greylisted_with_its_address() {
     let node = start(config(1, "127.0.0.1")).await;
-    let mut events = node.handle.subscribe();
+    let mut events = node.handle.events();
     let bad = identity(50);
     let stream = connect_from("127.0.0.7", node.addr).await.unwrap();
     let auth = socket::authenticate(
@@ -124,16 +127,11 @@ async fn a_peer_sending_garbage_after_the_handshake_is_greylisted_with_its_addre
     let reason = next_close_reason(&mut events).await;
     assert!(reason.is_peer_fault(), "{reason}");
     let bad_id = bad.peer_id;
-    let (peer_banned, addr_banned) = node
+    let peer_banned = node.handle.is_peer_banned(bad_id).await;
+    let addr_banned = node
         .handle
-        .with_pool(move |pool, _| {
-            (
-                pool.peer_banned(&bad_id),
-                pool.acl().banned_addr("127.0.0.7".parse().unwrap()),
-            )
-        })
-        .await
-        .unwrap();
+        .is_addr_banned("127.0.0.7".parse().unwrap())
+        .await;
     assert!(peer_banned && addr_banned);
     // The address is refused at accept, before any handshake byte.
     let stream = connect_from("127.0.0.7", node.addr).await.unwrap();
@@ -159,14 +157,14 @@ async fn a_peer_sending_garbage_after_the_handshake_is_greylisted_with_its_addre
     let version = auth.connection_message.version.clone();
     assert!(auth.accept(version).await.is_err());
     let error = wait_for(&mut events, |e| match e {
-        NodeEvent::HandshakeFailed { error, .. } if matches!(**error, ConnectError::Pool(_)) => {
+        NodeEvent::HandshakeFailed { error, .. } if matches!(error, ConnectError::Pool(_)) => {
             Some(error.clone())
         }
         _ => None,
     })
     .await;
     assert!(
-        matches!(*error, ConnectError::Pool(PoolError::PeerBanned(p)) if p == bad_id),
+        matches!(error, ConnectError::Pool(PoolError::PeerBanned(p)) if p == bad_id),
         "{error}"
     );
 }
@@ -174,7 +172,7 @@ async fn a_peer_sending_garbage_after_the_handshake_is_greylisted_with_its_addre
 #[tokio::test]
 async fn a_garbage_connection_message_greylists_the_address() {
     let node = start(config(1, "127.0.0.1")).await;
-    let mut events = node.handle.subscribe();
+    let mut events = node.handle.events();
     let mut s = connect_from("127.0.0.9", node.addr).await.unwrap();
     s.write_all(&[0x00, 0x04, 9, 9, 9, 9]).await.unwrap();
     wait_for(&mut events, |e| {
@@ -183,9 +181,8 @@ async fn a_garbage_connection_message_greylists_the_address() {
     .await;
     let banned = node
         .handle
-        .with_pool(|pool, _| pool.acl().banned_addr("127.0.0.9".parse().unwrap()))
-        .await
-        .unwrap();
+        .is_addr_banned("127.0.0.9".parse().unwrap())
+        .await;
     assert!(banned);
     // Other addresses are unaffected.
     let other = start(config(2, "127.0.0.10")).await;
@@ -203,7 +200,7 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
     cp.metadata.private_node = true;
     let private = start(cp).await;
     let stranger = start(config(2, "127.0.0.2")).await;
-    let mut events = private.handle.subscribe();
+    let mut events = private.handle.events();
     // An untrusted peer is closed without a Nack.
     assert!(stranger
         .handle
@@ -212,7 +209,7 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
         .is_err());
     let error = next_handshake_error(&mut events).await;
     assert!(
-        matches!(*error, ConnectError::Pool(PoolError::PrivateMode(_))),
+        matches!(error, ConnectError::Pool(PoolError::PrivateMode(_))),
         "{error}"
     );
     // The private node cannot dial an untrusted point either.
@@ -234,18 +231,10 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
     let peer = next_established_peer(&mut events).await;
     assert_eq!(peer, friend.handle.peer_id());
     // Nothing is advertised by a private node.
-    let listed = private
-        .handle
-        .with_pool(|pool, _| pool.list_known_points(true, 50, &mut rand::rng()))
-        .await
-        .unwrap();
+    let listed = private.handle.advertisable_points(50).await;
     assert!(listed.is_empty());
     // And the friend keeps the private node's point out of what it advertises.
-    let friend_lists = friend
-        .handle
-        .with_pool(|pool, _| pool.list_known_points(true, 50, &mut rand::rng()))
-        .await
-        .unwrap();
+    let friend_lists = friend.handle.advertisable_points(50).await;
     assert!(
         !friend_lists.contains(&Point::from(private.addr)),
         "{friend_lists:?}"
@@ -256,11 +245,11 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
 async fn banning_a_point_closes_its_connection_and_refuses_it_later() {
     let a = start(config(1, "127.0.0.1")).await;
     let b = start(config(2, "127.0.0.2")).await;
-    let mut events = a.handle.subscribe();
+    let mut events = a.handle.events();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
     a.handle.ban_point(Point::from(b.addr)).await;
     let reason = next_close_reason(&mut events).await;
-    assert_eq!(reason, CloseReason::Local("banned"));
+    assert_eq!(reason, CloseReason::Local(DisconnectReason::AddrBanned));
     let err = a
         .handle
         .connect(Point::from(b.addr), None)
@@ -278,7 +267,7 @@ async fn banning_a_point_closes_its_connection_and_refuses_it_later() {
 async fn the_pool_events_reach_subscribers_in_order() {
     let a = start(config(1, "127.0.0.1")).await;
     let b = start(config(2, "127.0.0.2")).await;
-    let mut events = a.handle.subscribe();
+    let mut events = a.handle.events();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
     let mut kinds = Vec::new();
     while kinds.last() != Some(&"established") {
@@ -299,49 +288,63 @@ async fn the_pool_events_reach_subscribers_in_order() {
     .await;
     let state = a
         .handle
-        .with_pool({
-            let b_point = Point::from(b.addr);
-            move |pool, _| pool.point_state(&b_point)
-        })
+        .point_info(Point::from(b.addr))
         .await
-        .unwrap();
+        .map(|p| p.state());
     assert_eq!(state, Some(peerpool_proto::pool::PointState::Disconnected));
+}
+
+/// The application's own peer metadata: a score the pool uses for GC and the node for
+/// bandwidth weights.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Scored {
+    score: f64,
+}
+
+impl peerpool_proto::pool::PeerMeta for Scored {
+    fn initial() -> Self {
+        Scored { score: 1.0 }
+    }
+
+    fn score(&self) -> f64 {
+        self.score
+    }
 }
 
 #[tokio::test]
 async fn a_peer_s_bandwidth_weight_follows_its_score() {
-    let a = start(config(1, "127.0.0.1")).await;
-    let b = start(config(2, "127.0.0.2")).await;
-    let a_id = a.handle.peer_id();
-    // b already knows a, with a score of 3 in its metadata.
-    b.handle
-        .with_pool(move |pool, now| {
-            pool.register_peer(now, a_id);
-            pool.set_peer_metadata(&a_id, serde_json::json!({ "score": 3 }))
+    let start_scored = |seed, ip| async move {
+        let node =
+            peerpool::Node::<RawMessage, Scored>::start(config(seed, ip).validate().unwrap())
+                .await
                 .unwrap();
-        })
+        node.activate().await;
+        node
+    };
+    let a = start_scored(1, "127.0.0.1").await;
+    let b = start_scored(2, "127.0.0.2").await;
+    let a_id = a.peer_id();
+    // b trusts a (which registers it) and gives it a score of 3.
+    b.trust_peer(a_id).await;
+    b.set_peer_metadata(a_id, Scored { score: 3.0 })
         .await
         .unwrap();
-    a.handle.connect(Point::from(b.addr), None).await.unwrap();
-    let weights: Vec<u32> = b
-        .handle
-        .io_connections()
+    let mut b_events = b.events();
+    a.connect(Point::from(b.local_addr().unwrap()), None)
         .await
-        .iter()
-        .map(|c| c.weight)
-        .collect();
+        .unwrap();
+    wait_for(&mut b_events, |e| {
+        matches!(e, NodeEvent::ConnectionEstablished { .. }).then_some(())
+    })
+    .await;
+    let weights: Vec<u32> = b.io_connections().iter().map(|c| c.weight).collect();
     assert_eq!(weights, [3]);
-    let weights: Vec<u32> = a
-        .handle
-        .io_connections()
-        .await
-        .iter()
-        .map(|c| c.weight)
-        .collect();
+    let weights: Vec<u32> = a.io_connections().iter().map(|c| c.weight).collect();
     assert_eq!(weights, [1]);
-    assert_eq!(peerpool::node::weight_of_score(0.2), 1);
-    assert_eq!(peerpool::node::weight_of_score(f64::NAN), 1);
-    assert_eq!(peerpool::node::weight_of_score(1e9), 1000);
+    assert_eq!(b.peer_metadata(a_id).await.unwrap().score, 3.0);
+    assert_eq!(peerpool_proto::policy::weight_of_score(0.2), 1);
+    assert_eq!(peerpool_proto::policy::weight_of_score(f64::NAN), 1);
+    assert_eq!(peerpool_proto::policy::weight_of_score(1e9), 1000);
 }
 
 #[tokio::test]
@@ -349,14 +352,14 @@ async fn a_slow_event_subscriber_is_told_what_it_missed_and_never_blocks_the_nod
     let mut ca = config(1, "127.0.0.1");
     ca.event_capacity = 4;
     let a = start(ca).await;
-    let mut slow = a.handle.subscribe();
+    let mut slow = a.handle.events();
     // Many events while the subscriber does not read: the node is not blocked.
     for seed in 10..14 {
         let b = start(config(seed, "127.0.0.2")).await;
         a.handle.connect(Point::from(b.addr), None).await.unwrap();
     }
     match slow.recv().await {
-        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => assert!(missed > 0),
+        Err(peerpool::EventError::Lagged(missed)) => assert!(missed > 0),
         other => panic!("expected a lag report, got {other:?}"),
     }
     // After the report it receives the newest events.
@@ -365,25 +368,29 @@ async fn a_slow_event_subscriber_is_told_what_it_missed_and_never_blocks_the_nod
 
 #[tokio::test(start_paused = true)]
 async fn the_peers_file_is_saved_periodically_without_a_shutdown() {
-    let dir = temp_dir("periodic");
+    let net = MemoryNetwork::new();
+    let store = MemoryStore::new();
     let mut ca = config(1, "127.0.0.1");
-    ca.data_dir = Some(dir.clone());
-    ca.peers_file_interval = Duration::from_secs(300);
-    let a = start(ca).await;
-    let b = start(config(2, "127.0.0.2")).await;
-    a.handle.connect(Point::from(b.addr), None).await.unwrap();
-    let path = dir.join("peers.json");
-    assert!(!path.exists());
-    // One period later (virtual time) the file holds b, though a is still running.
-    tokio::time::sleep(Duration::from_secs(301)).await;
-    let mut saved = String::new();
-    for _ in 0..100 {
-        saved = std::fs::read_to_string(&path).unwrap_or_default();
-        if !saved.is_empty() {
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(saved.contains(&b.handle.peer_id().to_string()), "{saved}");
+    ca.policy.peers_file_interval = Some(Duration::from_secs(300));
+    let a = Node::<RawMessage>::builder(ca.validate().unwrap())
+        .transport(net.clone())
+        .store(Arc::new(store.clone()))
+        .start()
+        .await
+        .unwrap();
+    a.activate().await;
+    let b = start_in(&net, config(2, "127.0.0.2")).await;
+    let mut events = a.events();
+    a.connect(Point::from(b.addr), None).await.unwrap();
+    assert_eq!(store.saves(), 0);
+    // One period later (virtual time) the store holds b, though a is still running.
+    let saved = wait_for_within(&mut events, Duration::from_secs(400), |e| match e {
+        NodeEvent::PeersFileSaved(r) => Some(r.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(saved.is_ok(), "{saved:?}");
+    assert_eq!(store.saves(), 1);
+    let text = String::from_utf8(store.contents().unwrap()).unwrap();
+    assert!(text.contains(&b.handle.peer_id().to_string()), "{text}");
 }

@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
-use peerpool::connection::ControlMessage;
-use peerpool::node::NodeEvent;
+use peerpool::NodeEvent;
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::Point;
+use peerpool_proto::policy::ControlMessage;
 
 fn big(i: u32) -> RawMessage {
     let mut body = vec![0u8; 64 * 1024];
@@ -21,16 +21,15 @@ async fn fill(a: &TestNode, b: &TestNode) -> u32 {
     let to_b = a
         .handle
         .connections()
-        .await
         .into_iter()
-        .find(|c| c.info.peer_id == b.handle.peer_id())
+        .find(|c| c.info().peer_id == b.handle.peer_id())
         .unwrap();
     // Bounded: the queues and socket buffers hold far fewer than 5000 × 64 KiB.
     for i in 0..5000u32 {
-        if !to_b.try_send(&big(i)) {
+        if to_b.try_send(&big(i)).is_err() {
             // Let the writer drain what it can into the socket, then retry once.
             tokio::task::yield_now().await;
-            if !to_b.try_send(&big(i)) {
+            if to_b.try_send(&big(i)).is_err() {
                 return i;
             }
         }
@@ -50,17 +49,16 @@ async fn a_peer_that_does_not_read_does_not_slow_the_others_and_loses_nothing() 
     a.handle.connect(Point::from(c.addr), None).await.unwrap();
     let queued = fill(&a, &b).await;
     // The full queue refuses at once; broadcast counts the refusal.
-    assert_eq!(
-        a.handle
-            .broadcast(&RawMessage {
-                tag: 0x31,
-                body: vec![1]
-            })
-            .await,
-        1
+    let outcome = a.handle.broadcast(
+        &RawMessage {
+            tag: 0x31,
+            body: vec![1],
+        },
+        |_| false,
     );
+    assert_eq!((outcome.sent, outcome.refused), (1, 1));
     // The broadcast reached C, which has room.
-    let from_a_at_c = c.handle.connections().await.pop().unwrap();
+    let from_a_at_c = c.handle.connections().pop().unwrap();
     assert_eq!(from_a_at_c.recv().await.unwrap().tag, 0x31);
     // A and C are unaffected.
     assert_exchange(&a.handle, &c.handle, 0x10).await;
@@ -69,9 +67,8 @@ async fn a_peer_that_does_not_read_does_not_slow_the_others_and_loses_nothing() 
     let from_a = b
         .handle
         .connections()
-        .await
         .into_iter()
-        .find(|x| x.info.peer_id == a.handle.peer_id())
+        .find(|x| x.info().peer_id == a.handle.peer_id())
         .unwrap();
     for i in 0..queued {
         let m = from_a.recv().await.unwrap();
@@ -86,12 +83,15 @@ async fn control_messages_overtake_queued_application_messages() {
     let b = start(config(2, "127.0.0.2")).await;
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
     let queued = fill(&a, &b).await;
-    let to_b = a.handle.connections().await.pop().unwrap();
+    let to_b = a.handle.connections().pop().unwrap();
     // The application queue is full, the control queue is not.
-    assert!(!to_b.try_send(&big(u32::MAX)));
+    assert_eq!(
+        to_b.try_send(&big(u32::MAX)),
+        Err(peerpool::TrySendError::Full)
+    );
     assert!(to_b.send_control(ControlMessage::Bootstrap));
-    let mut events = b.handle.subscribe();
-    let from_a = b.handle.connections().await.pop().unwrap();
+    let mut events = b.handle.events();
+    let from_a = b.handle.connections().pop().unwrap();
     let mut received = 0u32;
     let mut at_bootstrap = None;
     while received < queued {

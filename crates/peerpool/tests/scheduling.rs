@@ -1,10 +1,12 @@
-//! The node's connections go through its I/O scheduler: caps hold for real connections.
-//! The clock is paused, so the cap's waiting costs no real time.
+//! The node's connections go through its I/O scheduler: caps hold for whole nodes. The
+//! nodes run on the in-memory transport with the clock paused, so the caps' waiting costs
+//! no real time.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::*;
+use peerpool::transport::MemoryNetwork;
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::Point;
 use std::time::Duration;
@@ -14,26 +16,28 @@ const KIB: u64 = 1024;
 
 #[tokio::test(start_paused = true)]
 async fn a_download_cap_limits_what_a_peer_can_push_and_every_byte_is_counted() {
-    let a = start(config(1, "127.0.0.1")).await;
+    let net = MemoryNetwork::new();
+    let a = start_in(&net, config(1, "127.0.0.1")).await;
     let mut cb = config(2, "127.0.0.2");
     cb.io_scheduler.max_download_speed = Some(64 * KIB);
-    let b = start(cb).await;
+    let b = start_in(&net, cb).await;
+    let mut b_events = b.handle.events();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
-    let to_b = a.handle.connections().await.pop().unwrap();
-    let from_a = b.handle.connections().await.pop().unwrap();
+    wait_connected(&b.handle, &mut b_events, a.handle.peer_id()).await;
+    let to_b = a.handle.connections().pop().unwrap();
+    let from_a = b.handle.connections().pop().unwrap();
     let before = b.handle.stats().await.io.total_recv;
     let started = Instant::now();
     let messages = 8;
     let body = vec![0xab; 64 * 1024];
     let sender = tokio::spawn(async move {
         for i in 0..messages {
-            assert!(
-                to_b.send(&RawMessage {
-                    tag: 0x40 + i,
-                    body: body.clone()
-                })
-                .await
-            );
+            to_b.send(&RawMessage {
+                tag: 0x40 + i,
+                body: body.clone(),
+            })
+            .await
+            .unwrap();
         }
     });
     for i in 0..messages {
@@ -57,17 +61,20 @@ async fn a_download_cap_limits_what_a_peer_can_push_and_every_byte_is_counted() 
 
 #[tokio::test(start_paused = true)]
 async fn an_upload_cap_limits_what_the_node_sends() {
+    let net = MemoryNetwork::new();
     let mut ca = config(1, "127.0.0.1");
     ca.io_scheduler.max_upload_speed = Some(128 * KIB);
-    let a = start(ca).await;
-    let b = start(config(2, "127.0.0.2")).await;
+    let a = start_in(&net, ca).await;
+    let b = start_in(&net, config(2, "127.0.0.2")).await;
+    let mut b_events = b.handle.events();
     a.handle.connect(Point::from(b.addr), None).await.unwrap();
-    let to_b = a.handle.connections().await.pop().unwrap();
-    let from_a = b.handle.connections().await.pop().unwrap();
+    wait_connected(&b.handle, &mut b_events, a.handle.peer_id()).await;
+    let to_b = a.handle.connections().pop().unwrap();
+    let from_a = b.handle.connections().pop().unwrap();
     let started = Instant::now();
     let body = vec![1u8; 256 * 1024];
     let msg = RawMessage { tag: 0x50, body };
-    assert!(to_b.send(&msg).await);
+    to_b.send(&msg).await.unwrap();
     assert_eq!(from_a.recv().await.unwrap(), msg);
     let floor = Duration::from_secs_f64((256 - 16) as f64 / 128.0);
     assert!(started.elapsed() >= floor, "{:?}", started.elapsed());

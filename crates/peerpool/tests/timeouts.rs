@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use peerpool::node::{ConnectError, NodeEvent};
+use peerpool::{ConnectError, NodeEvent};
 use peerpool_proto::handshake::Direction;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ async fn a_silent_incoming_peer_is_dropped_after_the_authentication_timeout() {
     let mut cfg = config(1, "127.0.0.1");
     cfg.authentication_timeout = Duration::from_secs(5);
     let node = start(cfg).await;
-    let mut events = node.handle.subscribe();
+    let mut events = node.handle.events();
     let _silent = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     let (direction, error) = wait_for(&mut events, |e| match e {
         NodeEvent::HandshakeFailed {
@@ -25,7 +25,7 @@ async fn a_silent_incoming_peer_is_dropped_after_the_authentication_timeout() {
     .await;
     assert_eq!(direction, Direction::Incoming);
     assert!(
-        matches!(*error, ConnectError::Timeout(d) if d == Duration::from_secs(5)),
+        matches!(error, ConnectError::Timeout(d) if d == Duration::from_secs(5)),
         "{error}"
     );
 }

@@ -49,6 +49,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use attempts::weight_of_score;
 pub use config::{PolicyConfig, PolicyConfigError, Rate, ADVERTISE_POINTS};
 pub use plugins::{
     AdmissionHook, Candidate, DialPlan, DialPlanner, MinConnectionsPlanner, PlanContext,

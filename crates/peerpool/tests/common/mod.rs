@@ -1,14 +1,14 @@
 //! Shared test harness: nodes on 127.0.0.x with cheap identities, and waiting for events.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use peerpool::node::{Node, NodeConfig, NodeEvent, NodeHandle};
-use peerpool_proto::identity::{Identity, PowTarget};
+use peerpool::transport::MemoryNetwork;
+use peerpool::{CloseReason, ConnectError, EventError, Events, Node, NodeConfig, NodeEvent};
+use peerpool_proto::identity::{Identity, PeerId, PowTarget};
 use peerpool_proto::message::RawMessage;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
 
 /// Difficulty used between test nodes.
 pub const TEST_POW: f64 = 4.0;
@@ -22,12 +22,13 @@ pub fn identity(seed: u64) -> Arc<Identity> {
     ))
 }
 
-/// A config listening on `ip:0`, chain `TEZOS`.
+/// A config listening on `ip:0`, chain `TEZOS`, seeded.
 pub fn config(seed: u64, ip: &str) -> NodeConfig {
     let mut c = NodeConfig::new(identity(seed), "TEZOS");
     c.listen_addr = Some(format!("{ip}:0").parse().unwrap());
     c.pow_target = PowTarget::new(TEST_POW).unwrap();
-    c.bootstrap_on_connect = false;
+    c.policy.bootstrap_on_connect = false;
+    c.seed = Some(seed);
     // No automatic dialing: tests dial explicitly.
     c.pool.min_connections = 0;
     c
@@ -35,24 +36,45 @@ pub fn config(seed: u64, ip: &str) -> NodeConfig {
 
 #[derive(Debug)]
 pub struct TestNode {
-    pub node: Node<RawMessage>,
-    pub handle: NodeHandle<RawMessage>,
+    pub handle: Node<RawMessage>,
     pub addr: SocketAddr,
 }
 
+/// Starts and activates a node over TCP.
 pub async fn start(config: NodeConfig) -> TestNode {
-    let node = Node::<RawMessage>::start(config).await.unwrap();
-    let handle = node.handle();
-    let addr = node.local_addr().unwrap();
-    TestNode { node, handle, addr }
+    let handle = Node::<RawMessage>::start(config.validate().unwrap())
+        .await
+        .unwrap();
+    handle.activate().await;
+    let addr = handle.local_addr().unwrap();
+    TestNode { handle, addr }
+}
+
+/// Starts and activates a node on an in-memory network (for paused-clock tests).
+pub async fn start_in(net: &MemoryNetwork, config: NodeConfig) -> TestNode {
+    let handle = Node::<RawMessage>::builder(config.validate().unwrap())
+        .transport(net.clone())
+        .start()
+        .await
+        .unwrap();
+    handle.activate().await;
+    let addr = handle.local_addr().unwrap();
+    TestNode { handle, addr }
 }
 
 /// Waits (at most 10 s, a safety net) for the first event matching `pred`.
-pub async fn wait_for<T>(
-    events: &mut broadcast::Receiver<NodeEvent>,
+pub async fn wait_for<T>(events: &mut Events, pred: impl FnMut(&NodeEvent) -> Option<T>) -> T {
+    wait_for_within(events, Duration::from_secs(10), pred).await
+}
+
+/// Waits at most `limit` (a safety net; under a paused clock, virtual time) for the first
+/// event matching `pred`.
+pub async fn wait_for_within<T>(
+    events: &mut Events,
+    limit: Duration,
     mut pred: impl FnMut(&NodeEvent) -> Option<T>,
 ) -> T {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(limit, async {
         loop {
             match events.recv().await {
                 Ok(e) => {
@@ -60,34 +82,24 @@ pub async fn wait_for<T>(
                         return t;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(EventError::Lagged(_)) => continue,
                 Err(e) => panic!("event stream ended: {e}"),
             }
         }
     })
     .await
-    .expect("expected event did not come within 10 s")
+    .unwrap_or_else(|_| panic!("expected event did not come within {limit:?}"))
 }
 
 /// Sends one app message from `a` to `b` over their connection and checks it arrives.
-pub async fn assert_exchange(a: &NodeHandle<RawMessage>, b: &NodeHandle<RawMessage>, tag: u16) {
-    let to_b = a
-        .connections()
-        .await
-        .into_iter()
-        .find(|c| c.info.peer_id == b.peer_id())
-        .expect("a is connected to b");
-    let from_a = b
-        .connections()
-        .await
-        .into_iter()
-        .find(|c| c.info.peer_id == a.peer_id())
-        .expect("b is connected to a");
+pub async fn assert_exchange(a: &Node<RawMessage>, b: &Node<RawMessage>, tag: u16) {
+    let to_b = connected(a, b.peer_id()).await;
+    let from_a = connected(b, a.peer_id()).await;
     let msg = RawMessage {
         tag,
         body: vec![7; 100],
     };
-    assert!(to_b.send(&msg).await);
+    to_b.send(&msg).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), from_a.recv())
         .await
         .expect("message within 10 s");
@@ -95,9 +107,7 @@ pub async fn assert_exchange(a: &NodeHandle<RawMessage>, b: &NodeHandle<RawMessa
 }
 
 /// The reason of the next `ConnectionClosed` event.
-pub async fn next_close_reason(
-    events: &mut broadcast::Receiver<NodeEvent>,
-) -> peerpool::connection::CloseReason {
+pub async fn next_close_reason(events: &mut Events) -> CloseReason {
     wait_for(events, |e| match e {
         NodeEvent::ConnectionClosed { reason, .. } => Some(reason.clone()),
         _ => None,
@@ -106,9 +116,7 @@ pub async fn next_close_reason(
 }
 
 /// The peer of the next `ConnectionEstablished` event.
-pub async fn next_established_peer(
-    events: &mut broadcast::Receiver<NodeEvent>,
-) -> peerpool_proto::identity::PeerId {
+pub async fn next_established_peer(events: &mut Events) -> PeerId {
     wait_for(events, |e| match e {
         NodeEvent::ConnectionEstablished { peer_id, .. } => Some(*peer_id),
         _ => None,
@@ -116,10 +124,36 @@ pub async fn next_established_peer(
     .await
 }
 
+/// Waits until `node` has a connection with `peer`: already, or by its event.
+pub async fn connected(node: &Node<RawMessage>, peer: PeerId) -> peerpool::Connection<RawMessage> {
+    // Subscribed before looking, so the event cannot slip between the two.
+    let mut events = node.events();
+    loop {
+        if let Some(c) = node.connection(&peer) {
+            return c;
+        }
+        wait_for(&mut events, |e| match e {
+            NodeEvent::ConnectionEstablished { peer_id, .. } if *peer_id == peer => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+}
+
+/// Waits until `node` has a connection with `peer` (by its event, or already).
+pub async fn wait_connected(node: &Node<RawMessage>, events: &mut Events, peer: PeerId) {
+    if node.connection(&peer).is_some() {
+        return;
+    }
+    wait_for(events, |e| match e {
+        NodeEvent::ConnectionEstablished { peer_id, .. } if *peer_id == peer => Some(()),
+        _ => None,
+    })
+    .await
+}
+
 /// The error of the next `HandshakeFailed` event.
-pub async fn next_handshake_error(
-    events: &mut broadcast::Receiver<NodeEvent>,
-) -> Arc<peerpool::node::ConnectError> {
+pub async fn next_handshake_error(events: &mut Events) -> ConnectError {
     wait_for(events, |e| match e {
         NodeEvent::HandshakeFailed { error, .. } => Some(error.clone()),
         _ => None,

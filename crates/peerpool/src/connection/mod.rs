@@ -1,0 +1,403 @@
+//! One established connection: a reader task and a writer task around an encrypted
+//! session (WIRE.md §6–7, BEHAVIOUR.md §1.4, §7.3).
+//!
+//! - The **reader** ([`reader`]) opens chunks and reassembles messages. Before it buffers
+//!   a message's body it reserves the whole message, at its 4-byte length prefix, from the
+//!   node-wide [`ByteBudget`]: when the budget is spent it waits, and this socket stops
+//!   being read. Application messages go to the connection's bounded queue (messages and
+//!   bytes, [`crate::inbox`]), control messages to the owner task through this
+//!   connection's own small channel (the owner serves connections in turn, so one peer's
+//!   flood cannot starve the others), and a Disconnect closes the connection.
+//! - The **writer** ([`writer`]) seals queued messages into chunks. Control messages have
+//!   their own queue and always go first. Application messages are bounded per connection
+//!   in messages and in bytes.
+//!
+//! [`Connection::send`] waits for room; [`Connection::try_send`] refuses at once.
+
+mod reader;
+mod writer;
+
+use crate::budget::{ByteBudget, Reservation};
+use crate::error::{SendError, TrySendError};
+use crate::inbox::{ConnQueue, Inbox};
+use crate::io_scheduler::ScheduledWriter;
+use crate::socket::Established;
+use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
+use peerpool_proto::framing::{FramingError, MessageDecoder};
+use peerpool_proto::handshake::Direction;
+use peerpool_proto::identity::PeerId;
+use peerpool_proto::message::{AppMessage, P2pMessage};
+use peerpool_proto::point::Point;
+use peerpool_proto::policy::{ConnectionId, ControlMessage, DisconnectReason};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+
+/// Why a connection closed.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent Disconnect.
+    #[error("the peer sent Disconnect")]
+    RemoteDisconnect,
+    /// The peer closed the TCP stream.
+    #[error("the peer closed the connection")]
+    Eof,
+    /// A read or write failed.
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
+    /// The peer sent bytes that are not valid chunks or messages (greylists the peer).
+    #[error("protocol error: {0}")]
+    Protocol(FramingError),
+    /// We closed it.
+    #[error("closed locally: {0}")]
+    Local(DisconnectReason),
+}
+
+/// Equal reasons; two I/O errors are equal when their kinds are.
+impl PartialEq for CloseReason {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (CloseReason::RemoteDisconnect, CloseReason::RemoteDisconnect)
+            | (CloseReason::Eof, CloseReason::Eof) => true,
+            (CloseReason::Io(a), CloseReason::Io(b)) => a.kind() == b.kind(),
+            (CloseReason::Protocol(a), CloseReason::Protocol(b)) => a == b,
+            (CloseReason::Local(a), CloseReason::Local(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl CloseReason {
+    /// Whether the reason shows the peer misbehaved (BEHAVIOUR.md §7.3: decoding errors
+    /// greylist the peer).
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, CloseReason::Protocol(_))
+    }
+}
+
+/// What a connection's tasks tell the owner, in order; `Closed` is the last.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// A control message arrived.
+    Control(ControlMessage),
+    /// The connection is closed; both tasks have ended or are ending.
+    Closed(CloseReason),
+}
+
+/// Byte and message counters of one connection (read-mostly gauges).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Bytes received on the socket, including chunk headers and tags.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to the socket.
+    pub bytes_out: AtomicU64,
+    /// Messages received.
+    pub messages_in: AtomicU64,
+    /// Messages sent.
+    pub messages_out: AtomicU64,
+}
+
+/// Sizes of a connection's queues. Checked once, with the node's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Incoming application messages buffered before the socket stops being read
+    /// (octez `incoming_app_message_queue_size`, default 10), messages. ≥ 1.
+    pub incoming_app_messages: usize,
+    /// The same queue's bound in bytes (default 16 MiB); a message is always taken by an
+    /// empty queue, so a single larger message still passes. ≥ 1.
+    pub incoming_app_bytes: usize,
+    /// Outgoing application messages waiting for the writer (default 100), messages. ≥ 1.
+    pub outgoing_app_messages: usize,
+    /// The same queue's bound in bytes (default 16 MiB); [`Connection::send`] waits and
+    /// [`Connection::try_send`] refuses beyond it. ≥ 1.
+    pub outgoing_app_bytes: usize,
+    /// Outgoing control messages waiting for the writer (default 16), messages. ≥ 1.
+    pub outgoing_control_messages: usize,
+    /// Largest message accepted from the peer (the envelope's `N`), bytes; the effective
+    /// bound is the smaller of this and the message type's
+    /// [`AppMessage::MAX_SIZE`]. A longer length is refused at its 4-byte prefix.
+    /// Default 8 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            incoming_app_messages: 10,
+            incoming_app_bytes: 16 * 1024 * 1024,
+            outgoing_app_messages: 100,
+            outgoing_app_bytes: 16 * 1024 * 1024,
+            outgoing_control_messages: 16,
+            max_message_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// What is known about the peer of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The connection's id (the attempt's id).
+    pub id: ConnectionId,
+    /// The peer.
+    pub peer_id: PeerId,
+    /// The remote socket address.
+    pub remote_addr: SocketAddr,
+    /// The peer's listening point, if it announced a port.
+    pub listening_point: Option<Point>,
+    /// Who dialed.
+    pub direction: Direction,
+    /// The negotiated version.
+    pub version: NetworkVersion,
+    /// The peer's announced version.
+    pub announced_version: NetworkVersion,
+    /// The peer's metadata.
+    pub metadata: ConnectionMetadata,
+}
+
+struct Shared<M> {
+    info: ConnectionInfo,
+    stats: ConnectionStats,
+    control_tx: mpsc::Sender<Arc<Vec<u8>>>,
+    app_tx: mpsc::Sender<(Arc<Vec<u8>>, Reservation)>,
+    outgoing: ByteBudget,
+    queue: Arc<ConnQueue<M>>,
+    close_tx: watch::Sender<Option<CloseReason>>,
+    io: ScheduledWriter,
+}
+
+/// A cloneable handle to one connection.
+pub struct Connection<M> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M> Clone for Connection<M> {
+    fn clone(&self) -> Self {
+        Connection {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Connection<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("info", &self.shared.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encodes an application message in its envelope, `u30 N ‖ u16 tag ‖ body`.
+pub(crate) fn envelope<M: AppMessage>(message: &M) -> Vec<u8> {
+    let mut out = Vec::new();
+    let at = peerpool_proto::encoding::begin_dynamic(&mut out);
+    message.encode(&mut out);
+    peerpool_proto::encoding::end_dynamic(&mut out, at);
+    out
+}
+
+impl<M: AppMessage> Connection<M> {
+    /// Who and where.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.shared.info
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ConnectionStats {
+        &self.shared.stats
+    }
+
+    /// Queues an application message, waiting while the queue is full (in messages or
+    /// bytes).
+    ///
+    /// Errors: [`SendError::Closed`] once the connection is closed.
+    pub async fn send(&self, message: &M) -> Result<(), SendError> {
+        self.send_encoded(Arc::new(envelope(message))).await
+    }
+
+    /// Queues an encoded envelope, waiting for room.
+    pub(crate) async fn send_encoded(&self, bytes: Arc<Vec<u8>>) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let reservation = self.shared.outgoing.reserve(bytes.len()).await;
+        self.shared
+            .app_tx
+            .send((bytes, reservation))
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// Queues an application message without waiting.
+    ///
+    /// Errors: [`TrySendError::Full`] (messages or bytes), [`TrySendError::Closed`].
+    pub fn try_send(&self, message: &M) -> Result<(), TrySendError> {
+        self.try_send_encoded(Arc::new(envelope(message)))
+    }
+
+    /// Queues an encoded envelope without waiting (broadcast encodes once).
+    pub(crate) fn try_send_encoded(&self, bytes: Arc<Vec<u8>>) -> Result<(), TrySendError> {
+        if self.is_closed() {
+            return Err(TrySendError::Closed);
+        }
+        let reservation = self
+            .shared
+            .outgoing
+            .try_reserve(bytes.len())
+            .ok_or(TrySendError::Full)?;
+        self.shared
+            .app_tx
+            .try_send((bytes, reservation))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => TrySendError::Full,
+                mpsc::error::TrySendError::Closed(_) => TrySendError::Closed,
+            })
+    }
+
+    /// Queues a control message ahead of application messages; `false` if its queue is
+    /// full or the connection is closed (octez `write_now`: dropped, not waited for). The
+    /// node sends these itself (Bootstrap on connect, Advertise answers); an application
+    /// rarely needs to.
+    pub fn send_control(&self, message: ControlMessage) -> bool {
+        let msg: P2pMessage<M> = match message {
+            ControlMessage::Bootstrap => P2pMessage::Bootstrap,
+            ControlMessage::Advertise(points) => P2pMessage::Advertise(points),
+            ControlMessage::SwapRequest(p, id) => P2pMessage::SwapRequest(p, id),
+            ControlMessage::SwapAck(p, id) => P2pMessage::SwapAck(p, id),
+            _ => return false,
+        };
+        self.shared
+            .control_tx
+            .try_send(Arc::new(msg.to_bytes()))
+            .is_ok()
+    }
+
+    /// The next application message from this peer; `None` once the connection is closed
+    /// and its queue drained. Messages taken here are not seen by the node's `recv_any`.
+    pub async fn recv(&self) -> Option<M> {
+        self.shared.queue.recv().await
+    }
+
+    /// Closes the connection: queued control messages are flushed, a Disconnect is sent,
+    /// then the socket is shut down. The node hears of it and updates the pool.
+    pub fn close(&self) {
+        self.close_with(DisconnectReason::Requested);
+    }
+
+    pub(crate) fn close_with(&self, reason: DisconnectReason) {
+        record(&self.shared.close_tx, CloseReason::Local(reason));
+    }
+
+    /// The I/O scheduler's handle of this connection: statistics (`stat`), weight
+    /// (`set_weight`) and per-connection caps (`set_cap`).
+    pub fn scheduler(&self) -> &ScheduledWriter {
+        &self.shared.io
+    }
+
+    /// Whether the connection has closed or is closing.
+    pub fn is_closed(&self) -> bool {
+        self.shared.close_tx.borrow().is_some()
+    }
+
+    /// Why it closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.close_tx.borrow().clone()
+    }
+
+    /// Waits until the connection is closed (either side).
+    pub async fn closed(&self) {
+        let mut rx = self.shared.close_tx.subscribe();
+        let _ = rx.wait_for(|r| r.is_some()).await;
+    }
+
+    /// Incoming application messages and bytes waiting for the application.
+    pub fn queued_incoming(&self) -> (usize, usize) {
+        self.shared.queue.len()
+    }
+}
+
+/// Records the first reason only.
+fn record(close: &watch::Sender<Option<CloseReason>>, reason: CloseReason) {
+    close.send_if_modified(|r| {
+        if r.is_none() {
+            *r = Some(reason);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// What a new connection is wired to.
+pub(crate) struct Wiring<M> {
+    pub queues: QueueConfig,
+    pub budget: ByteBudget,
+    pub inbox: Arc<Inbox<M>>,
+    pub notices: mpsc::Sender<Notice>,
+    pub tracker: TaskTracker,
+    pub io: ScheduledWriter,
+}
+
+/// Starts the reader and writer tasks (tracked) of an established connection and returns
+/// its handle. Its notices go to `wiring.notices`; the last one is [`Notice::Closed`].
+pub(crate) fn spawn<M, S>(
+    established: Established<S>,
+    info: ConnectionInfo,
+    wiring: Wiring<M>,
+) -> Connection<M>
+where
+    M: AppMessage,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Established {
+        stream, session, ..
+    } = established;
+    let q = wiring.queues;
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (control_tx, control_rx) = mpsc::channel(q.outgoing_control_messages.max(1));
+    let (app_tx, app_rx) = mpsc::channel(q.outgoing_app_messages.max(1));
+    let queue = wiring.inbox.queue(
+        info.id,
+        info.peer_id,
+        q.incoming_app_messages,
+        q.incoming_app_bytes,
+    );
+    let (close_tx, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        info,
+        stats: ConnectionStats::default(),
+        control_tx,
+        app_tx,
+        outgoing: ByteBudget::new(q.outgoing_app_bytes),
+        queue,
+        close_tx,
+        io: wiring.io,
+    });
+    let max_len = q.max_message_bytes.min(P2pMessage::<M>::max_len());
+    wiring.tracker.spawn(writer::run::<M, _>(
+        write_half,
+        session.sealer,
+        control_rx,
+        app_rx,
+        shared.clone(),
+    ));
+    wiring.tracker.spawn(reader::run::<M, _>(
+        std::io::Cursor::new(session.leftover),
+        read_half,
+        session.opener,
+        MessageDecoder::new(max_len),
+        reader::Sinks {
+            inbox: wiring.inbox,
+            budget: wiring.budget,
+            notices: wiring.notices,
+        },
+        shared.clone(),
+    ));
+    Connection { shared }
+}

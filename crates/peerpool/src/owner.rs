@@ -1,0 +1,585 @@
+//! The owner task: the one task that holds the node's state (the connection policy and
+//! its pool, the connection handles, the attempts in flight). It performs I/O and applies
+//! the policy's actions; every decision is the policy's. It sleeps until the next of: a
+//! command from a handle, an attempt's step, a notice from a connection, an accepted
+//! stream, or the policy's own deadline (no fixed tick).
+
+use crate::attempt::{self, AttemptContext, Step, StepFuture};
+use crate::clock::NodeClock;
+use crate::config::ValidConfig;
+use crate::connection::{self, CloseReason, Connection, ConnectionInfo, Notice, Wiring};
+use crate::error::ConnectError;
+use crate::event::NodeEvent;
+use crate::io_scheduler::IoScheduler;
+use crate::node::{Command, NodeShared, PeerMetadata};
+use crate::persist::SaveJob;
+use crate::transport::Transport;
+use futures_util::stream::{FuturesUnordered, SelectAll};
+use futures_util::StreamExt;
+use peerpool_proto::handshake::Direction;
+use peerpool_proto::identity::PeerId;
+use peerpool_proto::message::AppMessage;
+use peerpool_proto::policy::{Action, AuthenticatedPeer, ClosedBy, ConnectionId, ConnectionPolicy};
+use rand::rngs::StdRng;
+use rand::RngCore;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Notices of one connection, tagged with its id.
+type NoticeStream = Pin<Box<dyn futures_util::Stream<Item = (ConnectionId, Notice)> + Send>>;
+
+fn notice_stream(id: ConnectionId, mut rx: mpsc::Receiver<Notice>) -> NoticeStream {
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|n| n.map(|n| (id, n)))
+    }))
+}
+
+/// Capacity of each connection's notice channel: a flooding peer waits (its socket is no
+/// longer read) while the owner serves the others in turn.
+const NOTICES_PER_CONNECTION: usize = 4;
+
+/// What the owner remembers of an attempt in flight.
+struct AttemptMeta {
+    remote_addr: SocketAddr,
+    direction: Direction,
+    deadline: Instant,
+    timeout: Duration,
+    reply: Option<oneshot::Sender<Result<PeerId, ConnectError>>>,
+}
+
+/// Everything the owner task holds.
+pub(crate) struct Owner<T: Transport, M: AppMessage, P: PeerMetadata> {
+    pub config: ValidConfig,
+    pub transport: T,
+    pub listener: Option<T::Listener>,
+    pub local_ip: Option<IpAddr>,
+    pub policy: ConnectionPolicy<P>,
+    pub clock: NodeClock,
+    pub rng: StdRng,
+    pub scheduler: Arc<IoScheduler>,
+    pub ctx: AttemptContext,
+    pub shared: Arc<NodeShared<M>>,
+    pub tracker: TaskTracker,
+    pub stop_welcome: CancellationToken,
+    pub saver: Option<mpsc::Sender<SaveJob<P>>>,
+    pub commands: mpsc::Receiver<Command<P>>,
+}
+
+/// The owner's working state while running.
+struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
+    o: Owner<T, M, P>,
+    steps: FuturesUnordered<StepFuture>,
+    meta: BTreeMap<ConnectionId, AttemptMeta>,
+    notices: SelectAll<NoticeStream>,
+    conns: BTreeMap<ConnectionId, Connection<M>>,
+    accepted_tx: mpsc::Sender<(T::Stream, SocketAddr)>,
+    accepted_rx: mpsc::Receiver<(T::Stream, SocketAddr)>,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
+    /// Runs until shutdown (asked, or every handle dropped), then shuts down cleanly.
+    pub(crate) async fn run(self) {
+        let backlog = self.o_backlog();
+        let (accepted_tx, accepted_rx) = mpsc::channel(backlog);
+        let mut r = Running {
+            o: self,
+            steps: FuturesUnordered::new(),
+            meta: BTreeMap::new(),
+            notices: SelectAll::new(),
+            conns: BTreeMap::new(),
+            accepted_tx,
+            accepted_rx,
+            shutdown_waiters: Vec::new(),
+        };
+        r.apply_actions();
+        r.serve().await;
+        r.shut_down().await;
+    }
+
+    fn o_backlog(&self) -> usize {
+        self.config.get().policy.max_incoming_handshakes.max(1)
+    }
+}
+
+impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
+    fn now(&self) -> peerpool_proto::pool::Time {
+        self.o.clock.now()
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.o.shared.events.send(event);
+    }
+
+    fn nonce(&mut self) -> [u8; 24] {
+        let mut nonce = [0u8; 24];
+        self.o.rng.fill_bytes(&mut nonce);
+        nonce
+    }
+
+    /// The main loop; returns when shutdown is asked or every handle is gone.
+    async fn serve(&mut self) {
+        loop {
+            // Deadlines first, so a busy loop never starves the policy's timers.
+            let now = self.now();
+            if self.o.policy.poll_timeout().is_some_and(|t| t <= now) {
+                self.o.policy.handle_timeout(now);
+                self.apply_actions();
+            }
+            let deadline = self
+                .o
+                .policy
+                .poll_timeout()
+                .map(|t| self.o.clock.instant_of(t));
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // Order: the handles' commands, attempts in progress, connections' notices
+                // (served in turn across connections), then new incoming streams; timers
+                // run at the top of every turn as well.
+                biased;
+                cmd = self.o.commands.recv() => match cmd {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown_waiters.push(reply);
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                    None => return,
+                },
+                Some(step) = self.steps.next(), if !self.steps.is_empty() => self.step(step),
+                Some((id, notice)) = self.notices.next(), if !self.notices.is_empty() => {
+                    self.notice(id, notice)
+                }
+                Some((stream, addr)) = self.accepted_rx.recv() => self.incoming(stream, addr),
+                _ = sleep => {}
+            }
+            self.apply_actions();
+        }
+    }
+
+    fn command(&mut self, cmd: Command<P>) {
+        let now = self.now();
+        let policy = &mut self.o.policy;
+        match cmd {
+            Command::Activate => {
+                if let Some(listener) = self.o.listener.take() {
+                    self.o.tracker.spawn(crate::welcome::run(
+                        listener,
+                        self.accepted_tx.clone(),
+                        self.o.stop_welcome.clone(),
+                    ));
+                }
+                policy.activate(now);
+            }
+            Command::Connect {
+                point,
+                expected,
+                trusted,
+                timeout,
+                reply,
+            } => match policy.connect(now, point, expected, trusted) {
+                Ok(id) => {
+                    // The Dial action (applied next) starts it; remember whom to tell.
+                    let timeout = timeout.unwrap_or(self.o.config.get().connection_timeout);
+                    self.meta.insert(
+                        id,
+                        AttemptMeta {
+                            remote_addr: point.socket_addr(),
+                            direction: Direction::Outgoing,
+                            deadline: Instant::now() + timeout,
+                            timeout,
+                            reply: Some(reply),
+                        },
+                    );
+                }
+                Err(refusal) => {
+                    debug!(%point, reason = %refusal, "not dialing");
+                    let _ = reply.send(Err(refusal.into()));
+                }
+            },
+            Command::AddTrustedPoint { point, expected } => {
+                policy.add_trusted_point(now, point, expected)
+            }
+            Command::Disconnect { peer_id } => policy.disconnect(now, &peer_id),
+            Command::TearDown => policy.tear_down(now),
+            Command::GreylistPeer(peer_id) => policy.greylist_peer(now, &peer_id),
+            Command::GreylistAddr(ip) => policy.greylist_addr(now, ip),
+            Command::BanPeer(peer_id) => policy.ban_peer(now, &peer_id),
+            Command::BanPoint(point) => policy.ban_point(now, &point),
+            Command::TrustPoint(point) => policy.trust_point(now, point),
+            Command::OpenPoint(point) => policy.open_point(now, &point),
+            Command::TrustPeer(peer_id) => policy.trust_peer(now, peer_id),
+            Command::OpenPeer(peer_id) => policy.open_peer(now, &peer_id),
+            Command::SetExpectedPeerId(point, peer_id) => {
+                policy.set_expected_peer_id(now, point, peer_id)
+            }
+            Command::ClearGreylist => policy.clear_greylist(),
+            Command::AclClear => policy.acl_clear(),
+            Command::SetPeerMetadata {
+                peer_id,
+                metadata,
+                reply,
+            } => {
+                let _ = reply.send(policy.set_peer_metadata(&peer_id, metadata));
+            }
+            Command::Query(f) => f(policy, now),
+            Command::SavePeers { reply } => {
+                let job = SaveJob {
+                    records: policy.peer_records(),
+                    reply: Some(reply),
+                };
+                match &self.o.saver {
+                    Some(saver) => {
+                        if let Err(mpsc::error::TrySendError::Full(job)) = saver.try_send(job) {
+                            if let Some(reply) = job.reply {
+                                let _ = reply.send(Err(crate::persist::StoreError::Busy));
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(reply) = job.reply {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    /// Carries out the policy's actions, in order.
+    fn apply_actions(&mut self) {
+        while let Some(action) = self.o.policy.poll_action() {
+            match action {
+                Action::Dial { id, point } => self.dial(id, point.socket_addr()),
+                Action::Close { id, reason } => {
+                    if let Some(c) = self.conns.get(&id) {
+                        c.close_with(reason);
+                    }
+                }
+                Action::Send { id, message } => {
+                    if let Some(c) = self.conns.get(&id) {
+                        if !c.send_control(message) {
+                            debug!(%id, "control message dropped: queue full");
+                        }
+                    }
+                }
+                Action::SetWeight { id, weight } => {
+                    if let Some(c) = self.conns.get(&id) {
+                        let _ = c.scheduler().set_weight(weight);
+                    }
+                }
+                Action::SavePeers(records) => {
+                    if let Some(saver) = &self.o.saver {
+                        let job = SaveJob {
+                            records,
+                            reply: None,
+                        };
+                        if saver.try_send(job).is_err() {
+                            debug!("periodic save skipped: the saver is busy");
+                        }
+                    }
+                }
+                Action::Event(e) => {
+                    if let Some(e) = NodeEvent::from_policy(e) {
+                        self.emit(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn dial(&mut self, id: ConnectionId, remote: SocketAddr) {
+        let default = self.o.config.get().connection_timeout;
+        let meta = self.meta.entry(id).or_insert_with(|| AttemptMeta {
+            remote_addr: remote,
+            direction: Direction::Outgoing,
+            deadline: Instant::now() + default,
+            timeout: default,
+            reply: None,
+        });
+        let (deadline, timeout) = (meta.deadline, meta.timeout);
+        let nonce = self.nonce();
+        self.steps.push(attempt::outgoing(
+            id,
+            self.o.transport.clone(),
+            self.o.local_ip,
+            remote,
+            self.o.ctx.clone(),
+            nonce,
+            deadline,
+            timeout,
+        ));
+    }
+
+    fn incoming(&mut self, stream: T::Stream, remote_addr: SocketAddr) {
+        let now = self.now();
+        match self.o.policy.handle_incoming(now, remote_addr) {
+            Ok(id) => {
+                let timeout = self.o.config.get().authentication_timeout;
+                let deadline = Instant::now() + timeout;
+                self.meta.insert(
+                    id,
+                    AttemptMeta {
+                        remote_addr,
+                        direction: Direction::Incoming,
+                        deadline,
+                        timeout,
+                        reply: None,
+                    },
+                );
+                let nonce = self.nonce();
+                self.steps.push(attempt::incoming(
+                    id,
+                    stream,
+                    self.o.ctx.clone(),
+                    nonce,
+                    deadline,
+                    timeout,
+                ));
+            }
+            Err(reason) => {
+                debug!(%remote_addr, %reason, "incoming connection refused");
+                drop(stream);
+                self.emit(NodeEvent::IncomingRefused {
+                    remote_addr,
+                    reason,
+                });
+            }
+        }
+    }
+
+    fn step(&mut self, step: Step) {
+        let now = self.now();
+        match step {
+            Step::Authenticated { id, auth, io } => {
+                let peer = AuthenticatedPeer {
+                    peer_id: auth.peer_id,
+                    announced_port: auth.connection_message.port,
+                    announced_version: auth.connection_message.version.clone(),
+                    metadata: auth.metadata,
+                };
+                let admission = self.o.policy.handle_authenticated(now, id, &peer);
+                let (deadline, timeout) = self
+                    .meta
+                    .get(&id)
+                    .map(|m| (m.deadline, m.timeout))
+                    .unwrap_or((Instant::now(), Duration::ZERO));
+                self.steps
+                    .push(attempt::decide(id, auth, io, admission, deadline, timeout));
+            }
+            Step::Established {
+                id,
+                established,
+                io,
+            } => self.established(id, *established, io),
+            Step::Failed { id, error } => self.failed(id, error),
+        }
+    }
+
+    fn established(
+        &mut self,
+        id: ConnectionId,
+        established: crate::socket::Established<crate::scheduled_stream::ScheduledStream>,
+        io: crate::io_scheduler::ScheduledWriter,
+    ) {
+        let now = self.now();
+        let meta = self.meta.remove(&id);
+        let peer_id = established.session.peer_id;
+        let reply = |meta: Option<AttemptMeta>, r: Result<PeerId, ConnectError>| {
+            if let Some(reply) = meta.and_then(|m| m.reply) {
+                let _ = reply.send(r);
+            }
+        };
+        if !self.o.policy.handle_established(now, id) {
+            // A duplicate (the other connection with this peer won) or a node shutting
+            // down: close this one; the peer is connected, or the node is stopping.
+            debug!(%peer_id, %id, "duplicate connection: closing it");
+            let mut stream = established.stream;
+            self.o.tracker.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stream.shutdown().await;
+            });
+            let r = if self.o.policy.connection_of(&peer_id).is_some() {
+                Ok(peer_id)
+            } else {
+                Err(ConnectError::NodeStopped)
+            };
+            reply(meta, r);
+            return;
+        }
+        let Some(view) = self.o.policy.connections().find(|c| c.id == id).cloned() else {
+            reply(meta, Err(ConnectError::NodeStopped));
+            return;
+        };
+        let info = ConnectionInfo {
+            id,
+            peer_id,
+            remote_addr: view.remote_addr,
+            listening_point: established
+                .session
+                .remote
+                .port
+                .map(|port| peerpool_proto::point::Point::new(view.remote_addr.ip(), port)),
+            direction: view.direction,
+            version: established.session.version.clone(),
+            announced_version: established.session.remote.version.clone(),
+            metadata: established.session.remote_metadata,
+        };
+        let (notices_tx, notices_rx) = mpsc::channel(NOTICES_PER_CONNECTION);
+        let c = self.o.config.get();
+        let connection = connection::spawn::<M, _>(
+            established,
+            info,
+            Wiring {
+                queues: c.queues,
+                budget: self.o.shared.budget.clone(),
+                inbox: self.o.shared.inbox.clone(),
+                notices: notices_tx,
+                tracker: self.o.tracker.clone(),
+                io,
+            },
+        );
+        self.notices.push(notice_stream(id, notices_rx));
+        self.o.shared.register(peer_id, connection.clone());
+        self.conns.insert(id, connection);
+        info!(%peer_id, remote_addr = %view.remote_addr, direction = ?view.direction, "connection established");
+        self.emit(NodeEvent::ConnectionEstablished {
+            id,
+            peer_id,
+            remote_addr: view.remote_addr,
+            direction: view.direction,
+        });
+        reply(meta, Ok(peer_id));
+    }
+
+    fn failed(&mut self, id: ConnectionId, error: ConnectError) {
+        let now = self.now();
+        self.o
+            .policy
+            .handle_attempt_failed(now, id, error.classify());
+        let Some(meta) = self.meta.remove(&id) else {
+            return;
+        };
+        if error.is_routine() {
+            debug!(remote_addr = %meta.remote_addr, direction = ?meta.direction, %error, "connection attempt ended");
+        } else {
+            debug!(remote_addr = %meta.remote_addr, direction = ?meta.direction, %error, "connection attempt failed");
+        }
+        self.emit(NodeEvent::HandshakeFailed {
+            remote_addr: meta.remote_addr,
+            direction: meta.direction,
+            error: error.clone(),
+        });
+        if let Some(reply) = meta.reply {
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    fn notice(&mut self, id: ConnectionId, notice: Notice) {
+        let now = self.now();
+        match notice {
+            Notice::Control(message) => self.o.policy.handle_control(now, id, message),
+            Notice::Closed(reason) => {
+                let Some(conn) = self.conns.remove(&id) else {
+                    return;
+                };
+                let peer_id = conn.info().peer_id;
+                self.o.shared.unregister(&peer_id, id);
+                let by = match reason {
+                    CloseReason::Local(_) => ClosedBy::Us,
+                    CloseReason::Protocol(_) => ClosedBy::PeerFault,
+                    _ => ClosedBy::Peer,
+                };
+                self.o.policy.handle_closed(now, id, by);
+                if reason.is_peer_fault() {
+                    warn!(%peer_id, %reason, "connection closed; peer greylisted");
+                } else {
+                    info!(%peer_id, %reason, "connection closed");
+                }
+                self.emit(NodeEvent::ConnectionClosed {
+                    id,
+                    peer_id,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Stops accepting, closes every connection (each is sent a Disconnect), waits for
+    /// them within `close_timeout`, saves the peers file, stops the I/O scheduler, and
+    /// waits until every task of the node has ended.
+    async fn shut_down(&mut self) {
+        let now = self.now();
+        self.o.stop_welcome.cancel();
+        self.o.listener = None;
+        self.o.policy.shutdown(now);
+        self.apply_actions();
+        // Attempts in flight are dropped (their streams close); callers are told.
+        self.steps = FuturesUnordered::new();
+        let ids: Vec<ConnectionId> = self.meta.keys().copied().collect();
+        for id in ids {
+            self.failed(id, ConnectError::NodeStopped);
+        }
+        // Streams accepted but not yet handled are dropped.
+        self.accepted_rx.close();
+        while self.accepted_rx.try_recv().is_ok() {}
+        let close_timeout = self.o.config.get().close_timeout;
+        let deadline = Instant::now() + close_timeout;
+        while !self.conns.is_empty() {
+            match tokio::time::timeout_at(deadline, self.notices.next()).await {
+                Ok(Some((id, notice))) => self.notice(id, notice),
+                _ => break,
+            }
+            self.apply_actions();
+        }
+        if !self.conns.is_empty() {
+            warn!(
+                left = self.conns.len(),
+                "connections still closing at shutdown"
+            );
+        }
+        // The last save, and the saver's end.
+        if let Some(saver) = self.o.saver.take() {
+            let (tx, rx) = oneshot::channel();
+            let job = SaveJob {
+                records: self.o.policy.peer_records(),
+                reply: Some(tx),
+            };
+            if saver.send(job).await.is_ok() {
+                match rx.await {
+                    Ok(Ok(())) => debug!("peers file saved at shutdown"),
+                    Ok(Err(e)) => warn!(error = %e, "peers file not saved at shutdown"),
+                    Err(_) => {}
+                }
+            }
+        }
+        self.o.scheduler.shutdown(close_timeout).await;
+        self.o.tracker.close();
+        self.o.tracker.wait().await;
+        self.notices = SelectAll::new();
+        self.o.shared.clear_registry();
+        // Whoever else asked to shut down meanwhile.
+        while let Ok(cmd) = self.o.commands.try_recv() {
+            if let Command::Shutdown { reply } = cmd {
+                self.shutdown_waiters.push(reply);
+            }
+        }
+        for waiter in self.shutdown_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
