@@ -2,8 +2,11 @@
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
 use super::*;
+use crate::identity::PeerId;
+use crate::point::Point;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::net::IpAddr;
 use std::time::Duration;
 
 pub(super) fn pt(n: u32) -> Point {
