@@ -45,8 +45,8 @@ impl Time {
     pub const EPOCH: Time = Time(Duration::ZERO);
 
     /// The last whole second RFC 3339 can write, 9999-12-31T23:59:59Z. An integer number of
-    /// seconds past it is refused by `Deserialize`, so that whatever is loaded can be saved
-    /// again.
+    /// seconds past it is refused by `Deserialize`, and a peers file clamps any later date
+    /// down to it (BEHAVIOUR.md §4.6), so that whatever is loaded can be saved again.
     pub const MAX_RFC3339: Time = Time(Duration::from_secs(253_402_300_799));
 
     /// `secs` seconds after the Unix epoch.
@@ -155,30 +155,84 @@ impl Serialize for Time {
 
 impl<'de> Deserialize<'de> for Time {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Time;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an RFC 3339 time or an integer number of seconds since 1970")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Time, E> {
-                Time::parse_rfc3339(v).map_err(E::custom)
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Time, E> {
-                let t = Time::from_secs(v);
-                if t > Time::MAX_RFC3339 {
-                    return Err(E::custom(TimeError::OutOfRange(i128::from(v))));
-                }
-                Ok(t)
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Time, E> {
-                match u64::try_from(v) {
-                    Ok(u) => self.visit_u64(u),
-                    Err(_) => Err(E::custom(TimeError::OutOfRange(i128::from(v)))),
-                }
-            }
+        d.deserialize_any(TimeVisitor { clamp: false })
+    }
+}
+
+/// Reads a [`Time`] in either JSON form; with `clamp`, a time past [`Time::MAX_RFC3339`]
+/// (an integer past it, or a text past 9999 UTC) becomes [`Time::MAX_RFC3339`] instead of
+/// an error. Malformed text and times before 1970 are errors either way.
+struct TimeVisitor {
+    clamp: bool,
+}
+
+impl serde::de::Visitor<'_> for TimeVisitor {
+    type Value = Time;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an RFC 3339 time or an integer number of seconds since 1970")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Time, E> {
+        match Time::parse_rfc3339(v) {
+            Err(TimeError::OutOfRange(secs)) if self.clamp && secs > 0 => Ok(Time::MAX_RFC3339),
+            r => r.map_err(E::custom),
         }
-        d.deserialize_any(V)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Time, E> {
+        let t = Time::from_secs(v);
+        if t <= Time::MAX_RFC3339 {
+            Ok(t)
+        } else if self.clamp {
+            Ok(Time::MAX_RFC3339)
+        } else {
+            Err(E::custom(TimeError::OutOfRange(i128::from(v))))
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Time, E> {
+        match u64::try_from(v) {
+            Ok(u) => self.visit_u64(u),
+            Err(_) => Err(E::custom(TimeError::OutOfRange(i128::from(v)))),
+        }
+    }
+}
+
+/// `serde(deserialize_with)` helpers for the dates of a peers file: like [`Time`]'s own
+/// `Deserialize`, except that a date past [`Time::MAX_RFC3339`] is clamped to it rather
+/// than refused, so that one bad date neither fails the whole file nor gets saved in a
+/// form the next load refuses (BEHAVIOUR.md §4.6).
+pub(crate) mod clamped {
+    use super::{Time, TimeVisitor};
+    use serde::{Deserialize, Deserializer};
+
+    /// A [`Time`] read with clamping.
+    struct Clamped(Time);
+
+    impl<'de> Deserialize<'de> for Clamped {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(TimeVisitor { clamp: true }).map(Clamped)
+        }
+    }
+
+    /// A date.
+    pub(crate) fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Time, D::Error> {
+        Clamped::deserialize(d).map(|c| c.0)
+    }
+
+    /// An optional date (`null` is `None`).
+    pub(crate) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
+        Option::<Clamped>::deserialize(d).map(|o| o.map(|c| c.0))
+    }
+
+    /// An optional `[what, date]` pair (`null` is `None`).
+    pub(crate) fn option_pair<'de, D, T>(d: D) -> Result<Option<(T, Time)>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<(T, Clamped)>::deserialize(d).map(|o| o.map(|(x, c)| (x, c.0)))
     }
 }
 
