@@ -132,7 +132,9 @@ pub enum PeerEventKind {
 pub struct PeerEvent {
     /// What happened.
     pub kind: PeerEventKind,
-    /// When.
+    /// When. A timestamp past [`Time::MAX_RFC3339`] is read as it (see
+    /// [`super::peers_file`]).
+    #[serde(deserialize_with = "super::time::clamped::time")]
     pub timestamp: Time,
     /// Through which address.
     #[serde(flatten)]

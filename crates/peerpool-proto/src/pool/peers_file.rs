@@ -7,9 +7,17 @@
 //! Advertise but never connected) are not saved. An octez-written file has no `points`
 //! and loads as is. Writing the file atomically is the runtime's job
 //! (`peerpool::peers_file`).
+//!
+//! Dates are RFC 3339 text, or an integer of seconds since 1970 when read (as octez's
+//! decoder allows). RFC 3339 cannot write a year past 9999, so a date read past
+//! [`Time::MAX_RFC3339`] (an integer past it, or a text whose offset carries it into the
+//! year 10000) is clamped to [`Time::MAX_RFC3339`], in that one field: refusing it would
+//! lose the whole file, and keeping it would save a date that the next load refuses. A
+//! rule for every field: whatever loads saves to text that loads again, to the same
+//! records. A date before 1970 is still an error.
 
 use super::peer_state::{IdPoint, PeerEvent};
-use super::time::Time;
+use super::time::{clamped, Time};
 use crate::identity::PeerId;
 use crate::point::Point;
 use serde::de::DeserializeOwned;
@@ -22,7 +30,9 @@ use thiserror::Error;
 pub struct PeerRecord<M> {
     /// The peer id, base58 `id…`.
     pub peer_id: PeerId,
-    /// When the peer was first known; RFC 3339 (an integer of seconds is also read).
+    /// When the peer was first known; RFC 3339 (an integer of seconds is also read; a
+    /// date past [`Time::MAX_RFC3339`] is read as it).
+    #[serde(deserialize_with = "clamped::time")]
     pub created: Time,
     /// Whether the peer is trusted. Absent means `false`.
     #[serde(default)]
@@ -33,16 +43,32 @@ pub struct PeerRecord<M> {
     #[serde(default)]
     pub events: Vec<PeerEvent>,
     /// `[{"addr", "port"?}, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_failed_connection: Option<(IdPoint, Time)>,
     /// `[{"addr", "port"?}, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_rejected_connection: Option<(IdPoint, Time)>,
     /// `[{"addr", "port"?}, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_established_connection: Option<(IdPoint, Time)>,
     /// `[{"addr", "port"?}, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_disconnection: Option<(IdPoint, Time)>,
     /// peerpool extension: the points this peer was seen at.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -64,16 +90,32 @@ pub struct PointRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_peer_id: Option<PeerId>,
     /// Last failure before the handshake.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_failed_connection: Option<Time>,
     /// `[peer_id, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_rejected_connection: Option<(PeerId, Time)>,
     /// `[peer_id, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_established_connection: Option<(PeerId, Time)>,
     /// `[peer_id, time]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "clamped::option_pair",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_disconnection: Option<(PeerId, Time)>,
 }
 
@@ -176,6 +218,32 @@ pub(crate) mod tests {
   }
 ]"#;
 
+    /// A file whose dates all lie past 9999-12-31T23:59:59Z, in every form a date can take:
+    /// RFC 3339 text carried past the year by its offset, and integers of seconds.
+    pub(crate) const PAST_9999_SAMPLE: &str = r#"[
+  {
+    "peer_id": "idsg2wkkDDv2cbEMK4zH49fjgyn7XT",
+    "created": "9999-12-31T23:30:00-01:00",
+    "peer_metadata": null,
+    "events": [
+      { "kind": "connection_established", "timestamp": 300000000000,
+        "addr": "::ffff:203.0.113.7", "port": 9732 }
+    ],
+    "last_established_connection":
+      [ { "addr": "::ffff:203.0.113.7", "port": 9732 }, "9999-12-31T23:59:59.5-00:30" ]
+  },
+  {
+    "peer_id": "idrMCZcDy7ht3psKxAyf5nhvhf142H",
+    "created": 253402300800,
+    "peer_metadata": null,
+    "points": [
+      { "point": "203.0.113.8:9732",
+        "last_failed_connection": 18446744073709551615,
+        "last_disconnection": [ "idrMCZcDy7ht3psKxAyf5nhvhf142H", "9999-12-31T23:00:00-01:00" ] }
+    ]
+  }
+]"#;
+
     #[test]
     fn octez_format_file_loads_as_is() {
         let recs: Vec<PeerRecord<serde_json::Value>> = parse_peers_file(OCTEZ_SAMPLE).unwrap();
@@ -256,6 +324,50 @@ pub(crate) mod tests {
             }
             // Only the empty prefix and the whole file (± trailing whitespace) parse.
             assert!((2..=3).contains(&oks), "{oks}");
+        }
+    }
+
+    #[test]
+    fn dates_past_9999_are_clamped_and_save_to_text_that_loads_again() {
+        let max = Time::MAX_RFC3339;
+        let recs: Vec<PeerRecord<serde_json::Value>> = parse_peers_file(PAST_9999_SAMPLE).unwrap();
+        assert_eq!(recs.len(), 2);
+        let (a, b) = (&recs[0], &recs[1]);
+        assert_eq!(a.created, max);
+        assert_eq!(a.events[0].timestamp, max);
+        assert_eq!(a.last_established_connection.unwrap().1, max);
+        assert_eq!(b.created, max);
+        assert_eq!(b.points[0].last_failed_connection, Some(max));
+        assert_eq!(b.points[0].last_disconnection.unwrap().1, max);
+
+        let text = serialize_peers_file(&recs).unwrap();
+        assert!(!text.contains("10000-"), "{text}");
+        assert_eq!(
+            text.matches("\"9999-12-31T23:59:59Z\"").count(),
+            6,
+            "{text}"
+        );
+        let back: Vec<PeerRecord<serde_json::Value>> = parse_peers_file(&text).unwrap();
+        assert_eq!(back.len(), recs.len());
+        assert_eq!(back, recs);
+        assert_eq!(serialize_peers_file(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn only_file_dates_are_clamped_and_dates_before_1970_still_fail() {
+        // `Time` on its own keeps refusing what it cannot write back.
+        assert!(serde_json::from_str::<Time>("\"9999-12-31T23:00:00-01:00\"").is_err());
+        assert!(serde_json::from_str::<Time>("253402300800").is_err());
+        for created in [
+            "-1",
+            "\"1969-12-31T23:59:59Z\"",
+            "\"10000-01-01T00:00:00Z\"",
+        ] {
+            let text = format!(
+                r#"[{{"peer_id": "idrMCZcDy7ht3psKxAyf5nhvhf142H", "created": {created},
+                     "peer_metadata": null}}]"#
+            );
+            assert!(parse_peers_file::<()>(&text).is_err(), "{created}");
         }
     }
 }

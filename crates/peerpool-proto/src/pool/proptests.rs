@@ -3,10 +3,12 @@
 
 use super::tests::{peer, pt, t};
 use super::*;
+use crate::point::Point;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 const POINTS: u32 = 40;

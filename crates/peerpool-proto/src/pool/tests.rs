@@ -2,8 +2,11 @@
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
 use super::*;
+use crate::identity::PeerId;
+use crate::point::Point;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::net::IpAddr;
 use std::time::Duration;
 
 pub(super) fn pt(n: u32) -> Point {
@@ -524,4 +527,19 @@ fn check_connection_identity_and_already_connected() {
         p.check_connection(&pt(2), &peer(3), true),
         Err(PoolError::AlreadyConnected(pt(2)))
     );
+}
+
+#[test]
+fn a_peers_file_dated_past_9999_loads_and_saves_to_text_that_loads_again() {
+    let recs: Vec<PeerRecord<serde_json::Value>> =
+        peers_file::parse_peers_file(peers_file::tests::PAST_9999_SAMPLE).unwrap();
+    let mut p: Pool<serde_json::Value> = Pool::new(PoolConfig::default(), &mut rng()).unwrap();
+    assert_eq!(p.load_peer_records(t(0), recs), 2);
+    let saved = p.peer_records();
+    assert_eq!(saved.len(), 2);
+    assert!(saved.iter().all(|r| r.created == Time::MAX_RFC3339));
+    let text = peers_file::serialize_peers_file(&saved).unwrap();
+    let back: Vec<PeerRecord<serde_json::Value>> = peers_file::parse_peers_file(&text).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!(back, saved);
 }
