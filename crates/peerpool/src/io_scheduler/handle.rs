@@ -1,0 +1,288 @@
+//! The public handles: [`IoScheduler`] and [`ScheduledConnection`].
+
+use super::conn::{ConnShared, Owner};
+use super::read::{reader_task, ReadQueue, ScheduledReader};
+use super::shared::{dispatch, Core, Shared};
+use super::write::{writer_task, ScheduledWriter, WriteQueue};
+use super::{lock, ConnectionInfo, IoSchedulerConfig, IoSchedulerError, MaState, Stat};
+use bytes::Bytes;
+use peerpool_proto::scheduler::{ConnId, Scheduler, SchedulerConfig, DEFAULT_PERIOD};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// A connection registered with an [`IoScheduler`]: a readable side ([`AsyncRead`]) and a
+/// write queue.
+///
+/// Dropping every handle of the connection (this value, or both halves from
+/// [`ScheduledConnection::split`] and every writer clone) cancels it at once without
+/// flushing; use [`ScheduledConnection::close`] to flush first.
+pub struct ScheduledConnection {
+    reader: ScheduledReader,
+    writer: ScheduledWriter,
+}
+
+impl fmt::Debug for ScheduledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScheduledConnection")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for ScheduledConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl ScheduledConnection {
+    /// The connection id (unique for the life of the scheduler).
+    pub fn id(&self) -> ConnId {
+        self.writer.id()
+    }
+
+    /// See [`ScheduledWriter::write`].
+    pub async fn write(&self, data: impl Into<Bytes>) -> Result<(), IoSchedulerError> {
+        self.writer.write(data).await
+    }
+
+    /// See [`ScheduledWriter::write_now`].
+    pub fn write_now(&self, data: impl Into<Bytes>) -> bool {
+        self.writer.write_now(data)
+    }
+
+    /// See [`ScheduledWriter::stat`].
+    pub fn stat(&self) -> Stat {
+        self.writer.stat()
+    }
+
+    /// See [`ScheduledWriter::close`].
+    pub async fn close(&self, timeout: Duration) {
+        self.writer.close(timeout).await;
+    }
+
+    /// See [`ScheduledWriter::set_weight`].
+    pub fn set_weight(&self, weight: u32) -> Result<(), IoSchedulerError> {
+        self.writer.set_weight(weight)
+    }
+
+    /// See [`ScheduledWriter::set_cap`].
+    pub fn set_cap(&self, up: Option<u64>, down: Option<u64>) -> Result<(), IoSchedulerError> {
+        self.writer.set_cap(up, down)
+    }
+
+    /// A writer handle sharing this connection.
+    pub fn writer(&self) -> ScheduledWriter {
+        self.writer.clone()
+    }
+
+    /// Bytes waiting in the read queue.
+    pub fn read_queued(&self) -> usize {
+        self.reader.queued()
+    }
+
+    /// Splits into the readable half and a writer, e.g. for a reader task and a writer task.
+    pub fn split(self) -> (ScheduledReader, ScheduledWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+/// The I/O scheduler (BEHAVIOUR.md §6): global upload and download caps, fair shares
+/// between connections (by weight), optional per-connection caps, bounded queues, and
+/// moving-average statistics.
+///
+/// Dropping it stops the dispatcher: waiting requests fail and the connections close.
+pub struct IoScheduler {
+    shared: Arc<Shared>,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for IoScheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoScheduler")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IoScheduler {
+    /// Starts a scheduler (spawns its dispatcher task on the current tokio runtime).
+    ///
+    /// Errors: [`IoSchedulerError::InvalidConfig`] for a zero size or speed;
+    /// [`IoSchedulerError::NoRuntime`] outside a tokio runtime.
+    pub fn new(config: IoSchedulerConfig) -> Result<Self, IoSchedulerError> {
+        config.check()?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| IoSchedulerError::NoRuntime)?;
+        let core_config = SchedulerConfig {
+            max_upload_speed: config.max_upload_speed,
+            max_download_speed: config.max_download_speed,
+            burst: config.burst,
+            max_chunk: config.read_buffer_size,
+            period: DEFAULT_PERIOD,
+        };
+        let sched = Scheduler::new(core_config, Duration::ZERO)?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                sched,
+                waiters: HashMap::new(),
+                conns: BTreeMap::new(),
+                next_id: 0,
+                closing: false,
+                stopped: false,
+            }),
+            wake: Notify::new(),
+            origin: Instant::now(),
+            config,
+        });
+        let dispatcher = rt.spawn(dispatch(shared.clone()));
+        Ok(IoScheduler {
+            shared,
+            dispatcher: Mutex::new(Some(dispatcher)),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IoSchedulerConfig {
+        &self.shared.config
+    }
+
+    /// Registers a byte stream; from now on every byte it reads or writes passes through
+    /// the scheduler. Spawns a reader and a writer task for it.
+    ///
+    /// Errors: [`IoSchedulerError::Shutdown`] once [`IoScheduler::shutdown`] has started.
+    pub fn register<S>(&self, stream: S) -> Result<ScheduledConnection, IoSchedulerError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let mut core = lock(&self.shared.core);
+        if core.closing {
+            return Err(IoSchedulerError::Shutdown);
+        }
+        let id = ConnId(core.next_id);
+        core.next_id += 1;
+        core.sched.add_connection(id);
+        let conn = Arc::new(ConnShared {
+            id,
+            sched: Arc::downgrade(&self.shared),
+            read: Mutex::new(ReadQueue {
+                io: Some(Box::new(rd)),
+                ..ReadQueue::default()
+            }),
+            recv_direct: AtomicBool::new(self.shared.config.max_download_speed.is_none()),
+            read_buffer_size: self.shared.config.read_buffer_size,
+            read_queue_size: self.shared.config.read_queue_size,
+            write: Mutex::new(WriteQueue::default()),
+            write_data: Notify::new(),
+            write_room: Notify::new(),
+            flushed: watch::Sender::new(false),
+            finished: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+            last_stat: Mutex::new(Stat::default()),
+        });
+        core.conns.insert(id, conn.clone());
+        drop(core);
+        // Hold the task list while spawning so a task that cancels its connection at once
+        // finds its handles.
+        let mut tasks = lock(&conn.tasks);
+        tasks.push(tokio::spawn(reader_task(conn.clone(), self.shared.clone())));
+        tasks.push(tokio::spawn(writer_task(
+            conn.clone(),
+            self.shared.clone(),
+            wr,
+        )));
+        drop(tasks);
+        let owner = Arc::new(Owner {
+            conn,
+            write_queue_size: self.shared.config.write_queue_size,
+        });
+        Ok(ScheduledConnection {
+            reader: ScheduledReader {
+                owner: owner.clone(),
+            },
+            writer: ScheduledWriter { owner },
+        })
+    }
+
+    /// Totals and current flows of the whole scheduler, including closed connections'
+    /// bytes (octez `global_stat`).
+    pub fn global_stat(&self) -> Stat {
+        lock(&self.shared.core).sched.global_stat()
+    }
+
+    /// The registered connections with their statistics, weights and caps, by id (octez
+    /// `iter_connection`).
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let core = lock(&self.shared.core);
+        core.sched
+            .connections()
+            .filter_map(|id| {
+                let stat = core.sched.stat(id)?;
+                let weight = core.sched.weight(id)?;
+                let (up, down) = core.sched.cap(id)?;
+                Some(ConnectionInfo {
+                    id,
+                    stat,
+                    weight,
+                    max_upload_speed: up,
+                    max_download_speed: down,
+                })
+            })
+            .collect()
+    }
+
+    /// Same as [`IoScheduler::connections`], as an iterator.
+    pub fn iter_connection(&self) -> impl Iterator<Item = ConnectionInfo> {
+        self.connections().into_iter()
+    }
+
+    /// State of the moving-average clock (octez `ma_state`).
+    pub fn ma_state(&self) -> MaState {
+        lock(&self.shared.core).sched.ma_state()
+    }
+
+    /// Stops accepting connections, closes every connection (each flushing its write queue
+    /// for up to `timeout`, see [`ScheduledWriter::close`]), then stops the dispatcher.
+    /// Returns when every connection is closed. Idempotent.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let conns: Vec<_> = {
+            let mut core = lock(&self.shared.core);
+            core.closing = true;
+            core.conns.values().cloned().collect()
+        };
+        let mut closing = JoinSet::new();
+        for conn in conns {
+            closing.spawn(async move { conn.close(timeout).await });
+        }
+        while closing.join_next().await.is_some() {}
+        self.shared.stop();
+        let dispatcher = lock(&self.dispatcher).take();
+        if let Some(d) = dispatcher {
+            let _ = d.await;
+        }
+    }
+}
+
+impl Drop for IoScheduler {
+    fn drop(&mut self) {
+        self.shared.stop();
+        let conns: Vec<_> = lock(&self.shared.core).conns.values().cloned().collect();
+        for conn in conns {
+            conn.cancel();
+        }
+    }
+}
