@@ -96,7 +96,10 @@ impl ConnShared {
         let mut finished = self.finished.subscribe();
         // The writer reports "flushed"; if it died first (I/O error), "finished" comes instead.
         let drained = async {
+            // `biased` (fixed order, reproducible runs); either branch means the same: go on
+            // to cancel.
             tokio::select! {
+                biased;
                 _ = flushed.wait_for(|f| *f) => {}
                 _ = finished.wait_for(|f| *f) => {}
             }

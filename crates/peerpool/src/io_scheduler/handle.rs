@@ -7,7 +7,7 @@ use super::write::{writer_task, ScheduledWriter, WriteQueue};
 use super::{lock, ConnectionInfo, IoSchedulerConfig, IoSchedulerError, MaState, Stat};
 use bytes::Bytes;
 use peerpool_proto::scheduler::{ConnId, Scheduler, SchedulerConfig, DEFAULT_PERIOD};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -138,7 +138,7 @@ impl IoScheduler {
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 sched,
-                waiters: HashMap::new(),
+                waiters: BTreeMap::new(),
                 conns: BTreeMap::new(),
                 next_id: 0,
                 closing: false,

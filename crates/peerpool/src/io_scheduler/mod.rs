@@ -39,7 +39,10 @@
 //! [`peerpool_proto::scheduler`] for the arithmetic and where it departs from octez. When
 //! nothing is capped every request is granted at once, so weights have no effect.
 //!
-//! Time comes only from `tokio::time`, so tests run under `tokio::time::pause()`.
+//! Determinism: time comes only from `tokio::time` (so tests run under
+//! `tokio::time::pause()`), every `select!` is `biased` (a fixed polling order instead of
+//! tokio's random one), and no iteration goes over a randomly hashed map, so under a
+//! deterministic simulator (current-thread runtime, paused clock) a seed gives the same run.
 //!
 //! # Layout
 //!

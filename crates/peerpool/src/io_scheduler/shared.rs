@@ -4,7 +4,7 @@
 use super::conn::ConnShared;
 use super::{lock, IoSchedulerConfig, IoSchedulerError};
 use peerpool_proto::scheduler::{ConnId, Direction, Scheduler, DEFAULT_PERIOD};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -15,8 +15,9 @@ pub(super) struct Core {
     /// The arithmetic: buckets, quotas, waiting requests, statistics.
     pub(super) sched: Scheduler,
     /// Requests that have to wait, by connection and direction: the dispatcher fires the
-    /// sender when the core grants them.
-    pub(super) waiters: HashMap<(ConnId, Direction), oneshot::Sender<()>>,
+    /// sender when the core grants them. Ordered, so that clearing it (at stop) drops the
+    /// senders, and so wakes their tasks, in the same order on every run.
+    pub(super) waiters: BTreeMap<(ConnId, Direction), oneshot::Sender<()>>,
     /// The registered connections, by id.
     pub(super) conns: BTreeMap<ConnId, Arc<ConnShared>>,
     /// The id of the next registered connection.
@@ -116,7 +117,12 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
             .origin
             .checked_add(deadline)
             .unwrap_or_else(|| Instant::now() + DEFAULT_PERIOD);
+        // `biased`: polled in this order, not at random, so a run is reproducible under a
+        // seeded simulator. Both branches lead to the same recomputation; the wake-up goes
+        // first so that a stored notification is consumed now rather than causing one more
+        // round at once.
         tokio::select! {
+            biased;
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep_until(at) => {}
         }
