@@ -678,3 +678,114 @@ async fn switching_caps_while_the_reader_waits_loses_no_wakeup() {
     let conn = reader.await.expect("reader");
     assert_eq!(conn.stat().total_recv, 17);
 }
+
+// ---- Tasks: every task of the scheduler is tracked and ends ----
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_once_every_task_has_ended() {
+    let s = scheduler(IoSchedulerConfig {
+        max_download_speed: Some(1024 * KIB),
+        ..IoSchedulerConfig::default()
+    });
+    assert_eq!(s.live_tasks(), 1, "the dispatcher");
+    let mut conns = Vec::new();
+    let mut remotes = Vec::new();
+    for _ in 0..5 {
+        let (conn, remote) = pair(&s);
+        conns.push(conn);
+        remotes.push(remote);
+    }
+    assert_eq!(
+        s.live_tasks(),
+        1 + 2 * 5,
+        "a reader and a writer per connection"
+    );
+
+    // Closed: flushed, then stopped; both its tasks have ended when `close` returns.
+    let closed = conns.remove(0);
+    let mut remote = remotes.remove(0);
+    closed.write(vec![1; 1000]).await.expect("open");
+    let delivered = tokio::spawn(async move {
+        let mut got = Vec::new();
+        remote.read_to_end(&mut got).await.map(|_| got)
+    });
+    closed.close(Duration::from_secs(5)).await;
+    assert_eq!(s.live_tasks(), 1 + 2 * 4);
+    assert_eq!(
+        delivered.await.expect("task").expect("clean end"),
+        vec![1; 1000]
+    );
+
+    // Dropped without close: cancelled; the remote sees the end of stream once the tasks
+    // have dropped the stream's halves, and by then they no longer count.
+    drop(conns.remove(0));
+    let mut remote = remotes.remove(0);
+    let mut got = Vec::new();
+    let n = within(remote.read_to_end(&mut got))
+        .await
+        .expect("end of stream");
+    assert_eq!(n.expect("clean end"), 0);
+    assert_eq!(s.live_tasks(), 1 + 2 * 3);
+
+    // Left for shutdown: one whose remote hung up, one whose remote reads nothing while a
+    // large write is queued (its flush gives up at the timeout), one idle.
+    drop(remotes.remove(0));
+    conns[1].write(vec![2; 1 << 20]).await.expect("open");
+    let start = Instant::now();
+    within(s.shutdown(Duration::from_secs(2)))
+        .await
+        .expect("shutdown returns");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(s.live_tasks(), 0);
+    assert!(s.connections().is_empty());
+    within(s.tasks_ended()).await.expect("already ended");
+    for conn in &conns {
+        assert!(!conn.write_now(&b"x"[..]));
+    }
+    // The streams are dropped: the remote left reading sees the end after what was sent.
+    let mut remote = remotes.remove(0);
+    let mut got = Vec::new();
+    remote.read_to_end(&mut got).await.expect("clean end");
+    assert!(got.len() < 1 << 20 && got.iter().all(|b| *b == 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_scheduler_without_shutdown_ends_its_dispatcher() {
+    let s = scheduler(IoSchedulerConfig {
+        max_download_speed: Some(KIB),
+        ..IoSchedulerConfig::default()
+    });
+    assert_eq!(s.live_tasks(), 1);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), s.tasks_ended())
+            .await
+            .is_err(),
+        "the dispatcher runs while the scheduler lives"
+    );
+    let ended = s.tasks_ended();
+    drop(s);
+    within(ended).await.expect("the dispatcher has ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_scheduler_without_shutdown_ends_every_connection_task() {
+    let s = scheduler(IoSchedulerConfig::default());
+    let (conn, mut remote) = pair(&s);
+    let (capped, _capped_remote) = pair(&s);
+    capped.set_cap(None, Some(KIB)).expect("open");
+    assert_eq!(s.live_tasks(), 5);
+    let ended = s.tasks_ended();
+    drop(s);
+    within(ended)
+        .await
+        .expect("the dispatcher and the connections' tasks end");
+    // The connections were cancelled: streams dropped, nothing more accepted.
+    let mut got = Vec::new();
+    assert_eq!(remote.read_to_end(&mut got).await.expect("clean end"), 0);
+    assert!(!conn.write_now(&b"x"[..]));
+    assert!(!capped.write_now(&b"x"[..]));
+}

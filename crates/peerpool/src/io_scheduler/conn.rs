@@ -2,15 +2,18 @@
 //! (flush the write queue, then stop) and cancel (stop now).
 
 use super::lock;
-use super::read::ReadQueue;
+use super::read::{reader_task, ReadIo, ReadQueue};
 use super::shared::Shared;
-use super::write::WriteQueue;
+use super::write::{writer_task, WriteQueue};
 use peerpool_proto::scheduler::{ConnId, Direction, Stat};
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio::io::AsyncWrite;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
 /// One registered connection, shared by its reader task, its writer task and its handles.
 pub(super) struct ConnShared {
@@ -31,14 +34,69 @@ pub(super) struct ConnShared {
     pub(super) write_room: Notify,
     /// Set by the writer task once the closed write queue is drained and the stream shut.
     pub(super) flushed: watch::Sender<bool>,
-    /// Set once the tasks are stopped and the stream dropped.
-    pub(super) finished: watch::Sender<bool>,
-    pub(super) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The connection's two tasks (also counted in the scheduler's tracker); closed once
+    /// both are spawned, so it is empty and closed once both have ended, which is when the
+    /// stream is dropped.
+    pub(super) tasks: TaskTracker,
+    /// Aborts the two tasks (emptied by the first cancel).
+    pub(super) aborts: Mutex<Vec<AbortHandle>>,
     /// The statistics last read from the core, kept for after the connection is removed.
     pub(super) last_stat: Mutex<Stat>,
 }
 
 impl ConnShared {
+    /// A new connection `id` of `shared`, reading from `rd`; its tasks are not spawned yet
+    /// ([`ConnShared::spawn_tasks`]).
+    pub(super) fn new(id: ConnId, shared: &Arc<Shared>, rd: ReadIo) -> Self {
+        let config = &shared.config;
+        ConnShared {
+            id,
+            sched: Arc::downgrade(shared),
+            read: Mutex::new(ReadQueue {
+                io: Some(rd),
+                ..ReadQueue::default()
+            }),
+            recv_direct: AtomicBool::new(config.max_download_speed.is_none()),
+            read_buffer_size: config.read_buffer_size,
+            read_queue_size: config.read_queue_size,
+            write: Mutex::new(WriteQueue::default()),
+            write_data: Notify::new(),
+            write_room: Notify::new(),
+            flushed: watch::Sender::new(false),
+            tasks: TaskTracker::new(),
+            aborts: Mutex::new(Vec::new()),
+            last_stat: Mutex::new(Stat::default()),
+        }
+    }
+
+    /// Spawns the reader task and the writer task (writing to `wr`), each tracked by the
+    /// connection's tracker and the scheduler's.
+    pub(super) fn spawn_tasks<W>(self: &Arc<Self>, shared: &Arc<Shared>, wr: W)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        // Hold the list while spawning so a task that cancels its connection at once finds
+        // both handles.
+        let mut aborts = lock(&self.aborts);
+        aborts.push(self.spawn(shared, reader_task(self.clone(), shared.clone())));
+        aborts.push(self.spawn(shared, writer_task(self.clone(), shared.clone(), wr)));
+        drop(aborts);
+        self.tasks.close();
+    }
+
+    /// Spawns `task` on the scheduler's runtime. The scheduler's tracker wraps the task
+    /// first and the connection's second, so when a task ends it leaves the scheduler's count
+    /// before the connection's: once [`ConnShared::ended`] returns, the scheduler no longer
+    /// counts the connection's tasks either.
+    fn spawn<F>(&self, shared: &Shared, task: F) -> AbortHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .spawn_on(shared.tracker.track_future(task), &shared.rt)
+            .abort_handle()
+    }
+
     /// The connection's statistics (the last known ones once it is removed).
     pub(super) fn stat(&self) -> Stat {
         if let Some(shared) = self.sched.upgrade() {
@@ -50,8 +108,9 @@ impl ConnShared {
         *lock(&self.last_stat)
     }
 
-    /// Stops the connection now: forgets it in the scheduler, aborts its tasks (dropping the
-    /// stream), ends both queues. Safe to call from the connection's own tasks.
+    /// Stops the connection now: forgets it in the scheduler, aborts its tasks (they drop the
+    /// stream at the runtime's next turn), ends both queues. Safe to call from the
+    /// connection's own tasks and outside a runtime.
     pub(super) fn cancel(&self) {
         let _ = self.stat();
         if let Some(shared) = self.sched.upgrade() {
@@ -63,50 +122,37 @@ impl ConnShared {
         }
         self.close_write();
         self.end_read(None);
-        let tasks = std::mem::take(&mut *lock(&self.tasks));
-        let had_tasks = !tasks.is_empty();
-        for t in &tasks {
-            t.abort();
-        }
-        if had_tasks {
-            // Report "finished" once the aborted tasks have dropped the stream.
-            let finished = self.finished.clone();
-            let wait = async move {
-                for t in tasks {
-                    let _ = t.await;
-                }
-                finished.send_replace(true);
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(wait);
-                }
-                Err(_) => {
-                    self.finished.send_replace(true);
-                }
-            }
+        let aborts = std::mem::take(&mut *lock(&self.aborts));
+        for task in aborts {
+            task.abort();
         }
     }
 
+    /// Waits until the writer has sent what was queued and shut the stream's write side, or
+    /// until the connection's tasks have ended (the writer failed, or the connection was
+    /// cancelled). Call after [`ConnShared::close_write`].
+    pub(super) async fn drained(&self) {
+        let mut flushed = self.flushed.subscribe();
+        // `biased` (a fixed order, reproducible runs); either branch means the same thing.
+        tokio::select! {
+            biased;
+            _ = flushed.wait_for(|f| *f) => {}
+            () = self.tasks.wait() => {}
+        }
+    }
+
+    /// Waits until both tasks have ended and so the stream is dropped (after a cancel).
+    pub(super) async fn ended(&self) {
+        self.tasks.wait().await;
+    }
+
     /// Flushes the write queue (up to `timeout`), then cancels; returns once the stream is
-    /// dropped.
+    /// dropped and both tasks have ended.
     pub(super) async fn close(&self, timeout: Duration) {
         self.close_write();
-        let mut flushed = self.flushed.subscribe();
-        let mut finished = self.finished.subscribe();
-        // The writer reports "flushed"; if it died first (I/O error), "finished" comes instead.
-        let drained = async {
-            // `biased` (fixed order, reproducible runs); either branch means the same: go on
-            // to cancel.
-            tokio::select! {
-                biased;
-                _ = flushed.wait_for(|f| *f) => {}
-                _ = finished.wait_for(|f| *f) => {}
-            }
-        };
-        let _ = tokio::time::timeout(timeout, drained).await;
+        let _ = tokio::time::timeout(timeout, self.drained()).await;
         self.cancel();
-        let _ = finished.wait_for(|f| *f).await;
+        self.ended().await;
     }
 }
 

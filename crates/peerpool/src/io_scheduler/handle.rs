@@ -1,24 +1,24 @@
 //! The public handles: [`IoScheduler`] and [`ScheduledConnection`].
 
 use super::conn::{ConnShared, Owner};
-use super::read::{reader_task, ReadQueue, ScheduledReader};
+use super::read::ScheduledReader;
 use super::shared::{dispatch, Core, Shared};
-use super::write::{writer_task, ScheduledWriter, WriteQueue};
+use super::write::ScheduledWriter;
 use super::{lock, ConnectionInfo, IoSchedulerConfig, IoSchedulerError, MaState, Stat};
 use bytes::Bytes;
 use peerpool_proto::scheduler::{ConnId, Scheduler, SchedulerConfig, DEFAULT_PERIOD};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Notify};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// A connection registered with an [`IoScheduler`]: a readable side ([`AsyncRead`]) and a
 /// write queue.
@@ -105,10 +105,14 @@ impl ScheduledConnection {
 /// between connections (by weight), optional per-connection caps, bounded queues, and
 /// moving-average statistics.
 ///
-/// Dropping it stops the dispatcher: waiting requests fail and the connections close.
+/// Every task it spawns (the dispatcher, each connection's reader and writer) is tracked:
+/// [`IoScheduler::live_tasks`] counts them and [`IoScheduler::shutdown`] returns once they
+/// have all ended.
+///
+/// Dropping it stops the dispatcher: waiting requests fail and the connections are
+/// cancelled (not flushed); all its tasks then end.
 pub struct IoScheduler {
     shared: Arc<Shared>,
-    dispatcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for IoScheduler {
@@ -120,7 +124,8 @@ impl fmt::Debug for IoScheduler {
 }
 
 impl IoScheduler {
-    /// Starts a scheduler (spawns its dispatcher task on the current tokio runtime).
+    /// Starts a scheduler (spawns its dispatcher task on the current tokio runtime; every
+    /// later task of the scheduler goes to the same runtime).
     ///
     /// Errors: [`IoSchedulerError::InvalidConfig`] for a zero size or speed;
     /// [`IoSchedulerError::NoRuntime`] outside a tokio runtime.
@@ -147,12 +152,13 @@ impl IoScheduler {
             wake: Notify::new(),
             origin: Instant::now(),
             config,
+            tracker: TaskTracker::new(),
+            rt,
         });
-        let dispatcher = rt.spawn(dispatch(shared.clone()));
-        Ok(IoScheduler {
-            shared,
-            dispatcher: Mutex::new(Some(dispatcher)),
-        })
+        shared
+            .tracker
+            .spawn_on(dispatch(shared.clone()), &shared.rt);
+        Ok(IoScheduler { shared })
     }
 
     /// The configuration.
@@ -161,7 +167,9 @@ impl IoScheduler {
     }
 
     /// Registers a byte stream; from now on every byte it reads or writes passes through
-    /// the scheduler. Spawns a reader and a writer task for it.
+    /// the scheduler. Spawns a reader and a writer task for it (tracked, see
+    /// [`IoScheduler::live_tasks`]); they end when the connection is closed, cancelled or
+    /// dropped.
     ///
     /// Errors: [`IoSchedulerError::Shutdown`] once [`IoScheduler::shutdown`] has started.
     pub fn register<S>(&self, stream: S) -> Result<ScheduledConnection, IoSchedulerError>
@@ -176,36 +184,12 @@ impl IoScheduler {
         let id = ConnId(core.next_id);
         core.next_id += 1;
         core.sched.add_connection(id);
-        let conn = Arc::new(ConnShared {
-            id,
-            sched: Arc::downgrade(&self.shared),
-            read: Mutex::new(ReadQueue {
-                io: Some(Box::new(rd)),
-                ..ReadQueue::default()
-            }),
-            recv_direct: AtomicBool::new(self.shared.config.max_download_speed.is_none()),
-            read_buffer_size: self.shared.config.read_buffer_size,
-            read_queue_size: self.shared.config.read_queue_size,
-            write: Mutex::new(WriteQueue::default()),
-            write_data: Notify::new(),
-            write_room: Notify::new(),
-            flushed: watch::Sender::new(false),
-            finished: watch::Sender::new(false),
-            tasks: Mutex::new(Vec::new()),
-            last_stat: Mutex::new(Stat::default()),
-        });
+        let conn = Arc::new(ConnShared::new(id, &self.shared, Box::new(rd)));
         core.conns.insert(id, conn.clone());
+        // Spawned with the core locked: whoever finds the connection in `conns` (shutdown,
+        // drop) finds its tasks spawned, so cancelling it stops them.
+        conn.spawn_tasks(&self.shared, wr);
         drop(core);
-        // Hold the task list while spawning so a task that cancels its connection at once
-        // finds its handles.
-        let mut tasks = lock(&conn.tasks);
-        tasks.push(tokio::spawn(reader_task(conn.clone(), self.shared.clone())));
-        tasks.push(tokio::spawn(writer_task(
-            conn.clone(),
-            self.shared.clone(),
-            wr,
-        )));
-        drop(tasks);
         let owner = Arc::new(Owner {
             conn,
             write_queue_size: self.shared.config.write_queue_size,
@@ -256,33 +240,66 @@ impl IoScheduler {
     }
 
     /// Stops accepting connections, closes every connection (each flushing its write queue
-    /// for up to `timeout`, see [`ScheduledWriter::close`]), then stops the dispatcher.
-    /// Returns when every connection is closed. Idempotent.
+    /// for up to `timeout`, see [`ScheduledWriter::close`]), stops the dispatcher, then waits
+    /// until every task of the scheduler has ended: when it returns, [`IoScheduler::live_tasks`]
+    /// is 0 and every registered stream is dropped. Idempotent.
+    ///
+    /// The write queues are flushed side by side against one deadline, `timeout` from the
+    /// call; a connection is stopped once it is flushed and those before it in id order are
+    /// stopped.
     pub async fn shutdown(&self, timeout: Duration) {
         let conns: Vec<_> = {
             let mut core = lock(&self.shared.core);
             core.closing = true;
             core.conns.values().cloned().collect()
         };
-        let mut closing = JoinSet::new();
-        for conn in conns {
-            closing.spawn(async move { conn.close(timeout).await });
+        for conn in &conns {
+            conn.close_write();
         }
-        while closing.join_next().await.is_some() {}
+        let deadline = Instant::now().checked_add(timeout);
+        for conn in &conns {
+            match deadline {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, conn.drained()).await;
+                }
+                None => conn.drained().await,
+            }
+            conn.cancel();
+        }
+        for conn in &conns {
+            conn.ended().await;
+        }
         self.shared.stop();
-        let dispatcher = lock(&self.dispatcher).take();
-        if let Some(d) = dispatcher {
-            let _ = d.await;
-        }
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+
+    /// Tasks of this scheduler that have not ended yet: the dispatcher (until shutdown or
+    /// drop) and two per connection (its reader and its writer, until the connection is
+    /// closed, cancelled or dropped and the runtime has dropped the tasks). 0 once
+    /// [`IoScheduler::shutdown`] has returned.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.tracker.len()
+    }
+
+    /// A future that completes once the scheduler is shut down or dropped and every one of
+    /// its tasks has ended; it does not hold the scheduler, so it can be awaited after the
+    /// scheduler is dropped (e.g. to see that a drop without shutdown leaves no task behind).
+    pub fn tasks_ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let tracker = self.shared.tracker.clone();
+        async move { tracker.wait().await }
     }
 }
 
 impl Drop for IoScheduler {
+    /// Stops the dispatcher and cancels every connection without flushing; their tasks end
+    /// at the runtime's next turn (see [`IoScheduler::tasks_ended`]).
     fn drop(&mut self) {
         self.shared.stop();
         let conns: Vec<_> = lock(&self.shared.core).conns.values().cloned().collect();
         for conn in conns {
             conn.cancel();
         }
+        self.shared.tracker.close();
     }
 }

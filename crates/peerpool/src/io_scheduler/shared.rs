@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// The scheduler's mutable state, behind [`Shared::core`].
 pub(super) struct Core {
@@ -36,6 +37,13 @@ pub(super) struct Shared {
     /// Time zero of the core's clock.
     pub(super) origin: Instant,
     pub(super) config: IoSchedulerConfig,
+    /// Every task of the scheduler: the dispatcher, each connection's reader and writer.
+    /// Closed at shutdown or drop, so it completes once they have all ended.
+    pub(super) tracker: TaskTracker,
+    /// The runtime the tasks are spawned on (the one [`IoScheduler::new`] ran in).
+    ///
+    /// [`IoScheduler::new`]: super::IoScheduler::new
+    pub(super) rt: tokio::runtime::Handle,
 }
 
 impl Shared {
