@@ -5,6 +5,7 @@ use super::lock;
 use super::read::{reader_task, ReadIo, ReadQueue};
 use super::shared::Shared;
 use super::write::{writer_task, WriteQueue};
+use crate::budget::ByteBudget;
 use peerpool_proto::scheduler::{ConnId, Direction, Stat};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -27,6 +28,8 @@ pub(super) struct ConnShared {
     /// `read_buffer_size` and `read_queue_size` of the configuration.
     pub(super) read_buffer_size: usize,
     pub(super) read_queue_size: usize,
+    /// The node-wide budget the read queue's bytes count against (`None`: no budget).
+    pub(super) budget: Option<ByteBudget>,
     pub(super) write: Mutex<WriteQueue>,
     /// Wakes the writer task when the write queue has data or is closed (single waiter).
     pub(super) write_data: Notify,
@@ -59,6 +62,7 @@ impl ConnShared {
             recv_direct: AtomicBool::new(config.max_download_speed.is_none()),
             read_buffer_size: config.read_buffer_size,
             read_queue_size: config.read_queue_size,
+            budget: shared.budget.clone(),
             write: Mutex::new(WriteQueue::default()),
             write_data: Notify::new(),
             write_room: Notify::new(),

@@ -5,6 +5,7 @@ use super::read::ScheduledReader;
 use super::shared::{dispatch, Core, Shared};
 use super::write::ScheduledWriter;
 use super::{lock, ConnectionInfo, IoSchedulerConfig, IoSchedulerError, MaState, Stat};
+use crate::budget::ByteBudget;
 use bytes::Bytes;
 use peerpool_proto::scheduler::{ConnId, Scheduler, SchedulerConfig, DEFAULT_PERIOD};
 use std::collections::BTreeMap;
@@ -130,6 +131,39 @@ impl IoScheduler {
     /// Errors: [`IoSchedulerError::InvalidConfig`] for a zero size or speed;
     /// [`IoSchedulerError::NoRuntime`] outside a tokio runtime.
     pub fn new(config: IoSchedulerConfig) -> Result<Self, IoSchedulerError> {
+        Self::start(config, None)
+    }
+
+    /// Starts a scheduler whose read queues count against `budget`, the node-wide cap on
+    /// buffered bytes (shared with whatever else holds the same [`ByteBudget`]).
+    ///
+    /// When a connection's download is capped, its reader task takes the bytes it is about
+    /// to read from the budget *before* reading the socket, waiting while the budget is
+    /// spent (the socket is then not read: TCP pushes back on the remote). The bytes keep
+    /// their part of the budget in the read queue and give it back as the consumer reads
+    /// them (a partial read gives back that part). While it waits on its socket a capped
+    /// connection's reader holds up to `read_buffer_size` bytes, so a budget smaller than
+    /// `connections × read_buffer_size` can leave busy connections waiting on idle ones.
+    /// Direct reads (download not capped) read into the caller's buffer and hold nothing;
+    /// a direct read smaller than `read_buffer_size` queues what does not fit only if the
+    /// budget has room for it at once.
+    ///
+    /// Errors: as [`IoScheduler::new`]; [`IoSchedulerError::InvalidConfig`] for a budget of
+    /// 0 bytes.
+    pub fn with_budget(
+        config: IoSchedulerConfig,
+        budget: ByteBudget,
+    ) -> Result<Self, IoSchedulerError> {
+        if budget.total() == 0 {
+            return Err(IoSchedulerError::InvalidConfig("budget must be ≥ 1 byte"));
+        }
+        Self::start(config, Some(budget))
+    }
+
+    fn start(
+        config: IoSchedulerConfig,
+        budget: Option<ByteBudget>,
+    ) -> Result<Self, IoSchedulerError> {
         config.check()?;
         let rt = tokio::runtime::Handle::try_current().map_err(|_| IoSchedulerError::NoRuntime)?;
         let core_config = SchedulerConfig {
@@ -152,6 +186,7 @@ impl IoScheduler {
             wake: Notify::new(),
             origin: Instant::now(),
             config,
+            budget,
             tracker: TaskTracker::new(),
             rt,
         });

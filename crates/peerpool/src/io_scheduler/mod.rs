@@ -34,6 +34,13 @@
 //!   queue holds at most `max(write_queue_size, largest single buffer)` bytes.
 //! - the dispatcher's waiting requests: at most one per connection and direction.
 //!
+//! Budget: with [`IoScheduler::with_budget`] the read queues of all connections also count
+//! against one node-wide [`ByteBudget`](crate::budget::ByteBudget). A capped connection's
+//! reader task takes the bytes it is about to read from the budget before reading the
+//! socket (when the budget is spent, it waits and the socket is not read: TCP pushes back);
+//! the bytes hold their part in the read queue and give it back as the consumer reads them.
+//! Direct reads hold budget only for what a small read queues.
+//!
 //! Fairness: when a direction is capped, requests that have to wait are served
 //! high-quota-first (octez's rule) with shares proportional to connection weights; see
 //! [`peerpool_proto::scheduler`] for the arithmetic and where it departs from octez. When
@@ -53,8 +60,8 @@
 //!   requests, the registered connections) and the dispatcher task.
 //! - `conn.rs`: the state one connection's tasks and handles share, and its life: close
 //!   (flush, then stop) and cancel (stop now).
-//! - `read.rs`: the read side: the read queue, the reader task, direct reads,
-//!   [`ScheduledReader`].
+//! - `read.rs`: the read side: the read queue and its budget, the reader task, direct
+//!   reads, [`ScheduledReader`].
 //! - `write.rs`: the write side: the write queue, the writer task, [`ScheduledWriter`].
 //! - `handle.rs`: the public handles [`IoScheduler`] and [`ScheduledConnection`].
 

@@ -4,6 +4,7 @@
 use super::conn::{ConnShared, Owner};
 use super::lock;
 use super::shared::Shared;
+use crate::budget::{ByteBudget, Reservation};
 use bytes::{Buf, Bytes, BytesMut};
 use peerpool_proto::scheduler::{ConnId, Direction};
 use std::collections::VecDeque;
@@ -22,8 +23,8 @@ pub(super) type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
 /// The bytes read for the consumer and the state of the read side.
 #[derive(Default)]
 pub(super) struct ReadQueue {
-    /// Bytes waiting for the consumer, in order.
-    pub(super) chunks: VecDeque<Bytes>,
+    /// Bytes waiting for the consumer, in order, each with its part of the budget.
+    pub(super) chunks: VecDeque<Queued>,
     /// Their total, bytes.
     pub(super) bytes: usize,
     /// The read side ended (end of stream, I/O error, or the connection stopped).
@@ -42,6 +43,67 @@ pub(super) struct ReadQueue {
     pub(super) task_waker: Option<Waker>,
     /// Buffer of the consumer's direct reads smaller than `read_buffer_size`.
     pub(super) scratch: BytesMut,
+}
+
+/// Bytes in the read queue and the part of the node's budget they hold.
+pub(super) struct Queued {
+    data: Bytes,
+    /// Exactly `data.len()` bytes of the budget (nothing when the scheduler has none); given
+    /// back as the consumer reads them.
+    held: Reservation,
+}
+
+/// The reader task's claim on the budget for its next socket read: taken before the socket
+/// is read, so that a spent budget leaves the socket unread (TCP pushes back).
+struct Ahead {
+    /// Bytes held for the next read (none between reads).
+    held: Reservation,
+    /// A wait for the budget in progress (the budget was spent when the read was due).
+    waiting: Option<Pin<Box<dyn Future<Output = Reservation> + Send>>>,
+}
+
+impl Ahead {
+    fn new() -> Self {
+        Ahead {
+            held: Reservation::empty(),
+            waiting: None,
+        }
+    }
+
+    /// Gives back what is held or awaited (the task parks, so it will not read soon).
+    fn give_back(&mut self) {
+        self.held = Reservation::empty();
+        self.waiting = None;
+    }
+
+    /// Holds at least one byte of `budget` for a read of up to `want` bytes, waiting while
+    /// the budget is spent; returns the bytes held (at most `want` when newly taken, but a
+    /// claim taken earlier for a larger read is kept whole). Waiters are served in order.
+    fn poll_hold(&mut self, cx: &mut Context<'_>, budget: &ByteBudget, want: usize) -> Poll<usize> {
+        if self.held.bytes() == 0 {
+            let waiting = match self.waiting.as_mut() {
+                Some(waiting) => waiting,
+                None => {
+                    if let Some(now) = budget.try_reserve(want) {
+                        self.held = now;
+                        return Poll::Ready(self.held.bytes());
+                    }
+                    let budget = budget.clone();
+                    self.waiting
+                        .insert(Box::pin(async move { budget.reserve(want).await }))
+                }
+            };
+            match waiting.as_mut().poll(cx) {
+                Poll::Ready(held) => {
+                    self.held = held;
+                    self.waiting = None;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // ≥ 1: `want` ≥ 1 and the budget's total ≥ 1 (checked by `IoScheduler::with_budget`).
+        Poll::Ready(self.held.bytes())
+    }
 }
 
 /// Stores `cx`'s waker in `slot` unless it already holds one that wakes the same task.
@@ -102,9 +164,17 @@ impl ConnShared {
     }
 
     /// One poll of the reader task: when the download is capped and the read queue has
-    /// room, reads at most `read_buffer_size` (and the connection's chunk limit) bytes from
-    /// the socket into `buf`; otherwise parks until the consumer or a cap change wakes it.
-    fn poll_fill(&self, cx: &mut Context<'_>, shared: &Shared, buf: &mut BytesMut) -> Poll<Fill> {
+    /// room, takes budget for the read (waiting while it is spent), then reads at most
+    /// `read_buffer_size` (and the connection's chunk limit, and the budget taken) bytes
+    /// from the socket into `buf`; otherwise parks until the consumer or a cap change wakes
+    /// it, giving back any budget it held.
+    fn poll_fill(
+        &self,
+        cx: &mut Context<'_>,
+        shared: &Shared,
+        buf: &mut BytesMut,
+        ahead: &mut Ahead,
+    ) -> Poll<Fill> {
         let chunk_limit = shared.chunk_limit(self.id, Direction::Recv);
         let max = self.read_queue_size;
         let mut guard = lock(&self.read);
@@ -113,13 +183,24 @@ impl ConnShared {
             return Poll::Ready(Fill::Stop);
         }
         if self.recv_direct.load(Ordering::Acquire) || q.bytes >= max {
+            ahead.give_back();
             set_waker(&mut q.task_waker, cx);
             return Poll::Pending;
         }
-        let limit = (max - q.bytes)
+        let mut limit = (max - q.bytes)
             .min(self.read_buffer_size)
             .min(chunk_limit)
             .max(1);
+        if let Some(budget) = &self.budget {
+            match ahead.poll_hold(cx, budget, limit) {
+                Poll::Ready(held) => limit = limit.min(held).max(1),
+                Poll::Pending => {
+                    // Also woken by a cap change or the end of the connection.
+                    set_waker(&mut q.task_waker, cx);
+                    return Poll::Pending;
+                }
+            }
+        }
         // Read into spare capacity; chunks split off share one allocation until it is used.
         if buf.capacity() - buf.len() < limit {
             *buf = BytesMut::with_capacity(limit.max(4 * self.read_buffer_size));
@@ -142,10 +223,27 @@ impl ConnShared {
         }
     }
 
+    /// For a direct read into a buffer with `room` bytes free (less than
+    /// `read_buffer_size`): the most bytes to read (at most `read_buffer_size`, and never
+    /// more than the caller's buffer plus the empty queue) and the budget for the part that
+    /// will be queued. `None` when the budget has nothing free now: read only what fits in
+    /// the caller's buffer.
+    fn scratch_room(&self, room: usize) -> Option<(usize, Reservation)> {
+        let limit = self
+            .read_buffer_size
+            .min(room.saturating_add(self.read_queue_size));
+        let Some(budget) = &self.budget else {
+            return Some((limit, Reservation::empty()));
+        };
+        let held = budget.try_reserve(limit.saturating_sub(room))?;
+        Some((room + held.bytes(), held))
+    }
+
     /// The consumer reads the socket itself (download not capped, read queue empty, nothing
     /// in flight; `q` is the locked read queue). Reads of at least `read_buffer_size` bytes
     /// go straight into `buf`; smaller ones read `read_buffer_size` bytes and queue what
-    /// does not fit. The bytes are counted in the scheduler.
+    /// does not fit, when the budget has room for it (else they read only into `buf`). The
+    /// bytes are counted in the scheduler.
     fn poll_direct(
         &self,
         mut guard: MutexGuard<'_, ReadQueue>,
@@ -157,33 +255,38 @@ impl ConnShared {
             q.eof = true;
             return Poll::Ready(Ok(()));
         };
-        let result = if buf.remaining() >= self.read_buffer_size {
-            let before = buf.filled().len();
-            match Pin::new(io).poll_read(cx, buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(r) => Poll::Ready(r.map(|()| buf.filled().len() - before)),
-            }
+        let small = if buf.remaining() >= self.read_buffer_size {
+            None
         } else {
-            // Never more than fits in the caller's buffer plus the (empty) queue.
-            let limit = self
-                .read_buffer_size
-                .min(buf.remaining().saturating_add(self.read_queue_size));
-            if q.scratch.capacity() - q.scratch.len() < limit {
-                q.scratch = BytesMut::with_capacity(limit.max(4 * self.read_buffer_size));
-            }
-            match poll_read_buf(io, cx, &mut q.scratch, limit) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    let mut chunk = q.scratch.split_to(n).freeze();
-                    let k = n.min(buf.remaining());
-                    buf.put_slice(&chunk[..k]);
-                    chunk.advance(k);
-                    if !chunk.is_empty() {
-                        q.bytes += chunk.len();
-                        q.chunks.push_back(chunk);
-                    }
-                    Poll::Ready(Ok(n))
+            self.scratch_room(buf.remaining())
+        };
+        let result = match small {
+            None => {
+                let before = buf.filled().len();
+                match Pin::new(io).poll_read(cx, buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(r) => Poll::Ready(r.map(|()| buf.filled().len() - before)),
                 }
-                other => other,
+            }
+            Some((limit, mut held)) => {
+                if q.scratch.capacity() - q.scratch.len() < limit {
+                    q.scratch = BytesMut::with_capacity(limit.max(4 * self.read_buffer_size));
+                }
+                match poll_read_buf(io, cx, &mut q.scratch, limit) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        let mut chunk = q.scratch.split_to(n).freeze();
+                        let k = n.min(buf.remaining());
+                        buf.put_slice(&chunk[..k]);
+                        chunk.advance(k);
+                        if !chunk.is_empty() {
+                            q.bytes += chunk.len();
+                            let held = held.split(chunk.len());
+                            q.chunks.push_back(Queued { data: chunk, held });
+                        }
+                        Poll::Ready(Ok(n))
+                    }
+                    other => other,
+                }
             }
         };
         match result {
@@ -228,8 +331,10 @@ impl ConnShared {
 
 pub(super) async fn reader_task(conn: Arc<ConnShared>, shared: Arc<Shared>) {
     let mut buf = BytesMut::new();
+    let mut ahead = Ahead::new();
     loop {
-        let n = match std::future::poll_fn(|cx| conn.poll_fill(cx, &shared, &mut buf)).await {
+        let fill = std::future::poll_fn(|cx| conn.poll_fill(cx, &shared, &mut buf, &mut ahead));
+        let n = match fill.await {
             Fill::Read(n) => n,
             Fill::End(error) => {
                 conn.end_read(error);
@@ -238,6 +343,9 @@ pub(super) async fn reader_task(conn: Arc<ConnShared>, shared: Arc<Shared>) {
             Fill::Stop => return,
         };
         let chunk = buf.split_to(n).freeze();
+        // The budget travels with the bytes; what was taken for a larger read goes back.
+        let held = ahead.held.split(n);
+        ahead.give_back();
         if shared
             .acquire(conn.id, Direction::Recv, n as u64)
             .await
@@ -252,7 +360,7 @@ pub(super) async fn reader_task(conn: Arc<ConnShared>, shared: Arc<Shared>) {
             return;
         }
         q.bytes += chunk.len();
-        q.chunks.push_back(chunk);
+        q.chunks.push_back(Queued { data: chunk, held });
         let waker = q.waker.take();
         drop(q);
         if let Some(w) = waker {
@@ -293,10 +401,12 @@ impl AsyncRead for ScheduledReader {
                 let Some(front) = q.chunks.front_mut() else {
                     break;
                 };
-                let n = front.len().min(buf.remaining());
-                buf.put_slice(&front[..n]);
-                front.advance(n);
-                if front.is_empty() {
+                let n = front.data.len().min(buf.remaining());
+                buf.put_slice(&front.data[..n]);
+                front.data.advance(n);
+                // What the consumer has taken no longer counts against the budget.
+                front.held.release(n);
+                if front.data.is_empty() {
                     q.chunks.pop_front();
                 }
                 q.bytes -= n;

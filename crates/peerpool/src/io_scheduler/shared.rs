@@ -3,6 +3,7 @@
 
 use super::conn::ConnShared;
 use super::{lock, IoSchedulerConfig, IoSchedulerError};
+use crate::budget::ByteBudget;
 use peerpool_proto::scheduler::{ConnId, Direction, Scheduler, DEFAULT_PERIOD};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,8 @@ pub(super) struct Shared {
     /// Time zero of the core's clock.
     pub(super) origin: Instant,
     pub(super) config: IoSchedulerConfig,
+    /// The budget every read queue counts against (`None`: unlimited).
+    pub(super) budget: Option<ByteBudget>,
     /// Every task of the scheduler: the dispatcher, each connection's reader and writer.
     /// Closed at shutdown or drop, so it completes once they have all ended.
     pub(super) tracker: TaskTracker,
