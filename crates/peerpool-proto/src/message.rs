@@ -43,8 +43,13 @@ pub struct RawMessage {
     pub body: Vec<u8>,
 }
 
+/// Largest [`RawMessage`] accepted, bytes (tag + body): 8 MiB, far below the envelope's
+/// 100 MiB (octez's bound). An application whose messages are larger defines its own
+/// message type with its own `MAX_SIZE`.
+pub const RAW_MESSAGE_MAX_SIZE: usize = 8 * 1024 * 1024;
+
 impl AppMessage for RawMessage {
-    const MAX_SIZE: usize = MAX_ENVELOPE_LEN;
+    const MAX_SIZE: usize = RAW_MESSAGE_MAX_SIZE;
 
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.tag.to_be_bytes());

@@ -47,9 +47,11 @@ pub struct NodeConfig {
     pub chunk_payload_bytes: usize,
     /// Per-connection queue bounds, in messages and bytes.
     pub queues: QueueConfig,
-    /// One node-wide cap on the bytes buffered for all connections: received messages
-    /// being assembled or waiting for the application, and the I/O scheduler's read
-    /// queues (default 256 MiB; at least `queues.max_message_bytes`).
+    /// One node-wide cap on the bytes buffered for all connections (default 256 MiB). A
+    /// quarter of it bounds the bytes the I/O scheduler reads ahead of the connections
+    /// (capped downloads), three quarters the received messages being assembled or
+    /// waiting for the application; the two are kept apart so neither can hold up the
+    /// other ([`split_budget`]). Three quarters must hold `queues.max_message_bytes`.
     pub buffer_budget_bytes: usize,
     /// The pool: known points and peers bounds, backoff, ACL sizes, private mode,
     /// `min_connections` (below it the node dials known points, default 10) and
@@ -104,6 +106,12 @@ impl NodeConfig {
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
         ValidConfig::try_from(self)
     }
+}
+
+/// How `buffer_budget_bytes` is shared: `(read-ahead, messages)`, a quarter and the rest.
+pub fn split_budget(total: usize) -> (usize, usize) {
+    let read_ahead = (total / 4).max(1);
+    (read_ahead, total.saturating_sub(read_ahead).max(1))
 }
 
 /// A configuration that passed every check; the only way to start a node.
@@ -207,11 +215,11 @@ impl TryFrom<NodeConfig> for ValidConfig {
             check(value >= 1, field, value, ">= 1")?;
         }
         check(
-            c.buffer_budget_bytes >= q.max_message_bytes
+            split_budget(c.buffer_budget_bytes).1 >= q.max_message_bytes
                 && c.buffer_budget_bytes <= crate::budget::MAX_BUDGET,
             "buffer_budget_bytes",
             c.buffer_budget_bytes,
-            ">= queues.max_message_bytes and <= 4 GiB - 1",
+            "3/4 of it >= queues.max_message_bytes, and <= 4 GiB - 1",
         )?;
         let io = &c.io_scheduler;
         check(

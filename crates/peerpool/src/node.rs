@@ -96,6 +96,7 @@ pub(crate) struct NodeShared<M> {
     pub(crate) inbox: Arc<Inbox<M>>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) budget: ByteBudget,
+    pub(crate) tracker: TaskTracker,
     scheduler: Arc<IoScheduler>,
     peer_id: PeerId,
     local_addr: Option<SocketAddr>,
@@ -252,9 +253,14 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let clock = NodeClock::start(self.clock.as_ref());
         let pool = Pool::<P>::new(c.pool.clone(), &mut rng)?;
-        let budget = ByteBudget::new(c.buffer_budget_bytes);
+        // Two budgets out of one setting: bytes read ahead by the I/O scheduler and whole
+        // messages. Kept apart so readers waiting for a message reservation can never be
+        // held up by read-ahead that only they could drain.
+        let (read_ahead, messages) = crate::config::split_budget(c.buffer_budget_bytes);
+        let budget = ByteBudget::new(messages);
         let scheduler = Arc::new(
-            IoScheduler::new(c.io_scheduler).map_err(|e| StartError::Scheduler(Arc::new(e)))?,
+            IoScheduler::with_budget(c.io_scheduler, ByteBudget::new(read_ahead))
+                .map_err(|e| StartError::Scheduler(Arc::new(e)))?,
         );
         let listener = match c.listen_addr {
             Some(addr) => {
@@ -315,6 +321,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             inbox: Arc::new(Inbox::default()),
             events,
             budget,
+            tracker: tracker.clone(),
             scheduler: scheduler.clone(),
             peer_id,
             local_addr,
@@ -694,6 +701,19 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
             return Err(StoreError::Stopped);
         }
         rx.await.unwrap_or(Err(StoreError::Stopped))
+    }
+
+    /// Bytes of received messages buffered now (being assembled, or waiting for the
+    /// application), out of the node-wide budget.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.budget.in_use()
+    }
+
+    /// Tasks of the node still running, the owner task excepted: connection readers and
+    /// writers, the welcome worker, the peers-file saver, and the I/O scheduler's. Zero
+    /// once [`Node::shutdown`] has returned.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.tracker.len() + self.shared.scheduler.live_tasks()
     }
 
     /// Whether the node has stopped.
