@@ -20,6 +20,8 @@
 //! println!("{:.0} simulated seconds per real second", report.speed());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod scenario;
 pub mod transport;
 

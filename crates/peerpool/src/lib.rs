@@ -25,6 +25,72 @@
 //!
 //! Every decision (admission, tie-break, greylisting, whom to dial) is the pure
 //! connection policy's, `peerpool_proto::policy`; this crate performs I/O and applies it.
+//!
+//! # Embedding a node
+//!
+//! An application brings its message type (an [`AppMessage`](peerpool_proto::message::AppMessage):
+//! tags, encoding, a size bound) and, if it wants, its own peer metadata; the facade does
+//! the rest. Here two nodes on an in-memory network exchange a text message (over TCP,
+//! `Node::start(config)` is all it takes):
+//!
+//! ```
+//! use peerpool::transport::MemoryNetwork;
+//! use peerpool::{Node, NodeConfig};
+//! use peerpool_proto::encoding::DecodeError;
+//! use peerpool_proto::identity::{Identity, PowTarget};
+//! use peerpool_proto::message::AppMessage;
+//! use peerpool_proto::point::Point;
+//! use std::sync::Arc;
+//!
+//! /// The application's message: a line of text, tag 0x1000.
+//! #[derive(Debug, PartialEq)]
+//! struct Say(String);
+//!
+//! impl AppMessage for Say {
+//!     const MAX_SIZE: usize = 64 * 1024;
+//!     fn encode(&self, out: &mut Vec<u8>) {
+//!         out.extend_from_slice(&0x1000u16.to_be_bytes());
+//!         out.extend_from_slice(self.0.as_bytes());
+//!     }
+//!     fn decode(tag: u16, body: &[u8]) -> Result<Self, DecodeError> {
+//!         match tag {
+//!             0x1000 => String::from_utf8(body.to_vec())
+//!                 .map(Say)
+//!                 .map_err(|_| DecodeError::InvalidUtf8("say")),
+//!             tag => Err(DecodeError::UnknownTag { what: "message", tag }),
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemoryNetwork::new();
+//! let config = |ip: &str| -> Result<_, Box<dyn std::error::Error>> {
+//!     let pow = PowTarget::new(0.0)?;
+//!     let identity = Identity::generate(&pow, &mut rand::rng());
+//!     let mut config = NodeConfig::new(Arc::new(identity), "MY_CHAIN");
+//!     config.listen_addr = Some(format!("{ip}:9732").parse()?);
+//!     config.pow_target = pow;
+//!     Ok(config.validate()?)
+//! };
+//! let alice = Node::<Say>::builder(config("10.0.0.1")?).transport(net.clone()).start().await?;
+//! let bob = Node::<Say>::builder(config("10.0.0.2")?).transport(net.clone()).start().await?;
+//! alice.activate().await;
+//! bob.activate().await;
+//!
+//! let bob_id = alice.connect(Point::new("10.0.0.2".parse()?, 9732), None).await?;
+//! alice.send(&bob_id, &Say("hello".into())).await?;
+//! let got = bob.recv_any().await.ok_or("bob stopped")?;
+//! assert_eq!((got.peer_id, got.message), (alice.peer_id(), Say("hello".into())));
+//!
+//! alice.shutdown().await;
+//! bob.shutdown().await;
+//! assert_eq!(alice.live_tasks() + bob.live_tasks(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod budget;
 pub mod clock;

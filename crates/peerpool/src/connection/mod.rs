@@ -1,14 +1,14 @@
 //! One established connection: a reader task and a writer task around an encrypted
 //! session (WIRE.md §6–7, BEHAVIOUR.md §1.4, §7.3).
 //!
-//! - The **reader** ([`reader`]) opens chunks and reassembles messages. Before it buffers
+//! - The **reader** (`reader`) opens chunks and reassembles messages. Before it buffers
 //!   a message's body it reserves the whole message, at its 4-byte length prefix, from the
 //!   node-wide [`ByteBudget`]: when the budget is spent it waits, and this socket stops
 //!   being read. Application messages go to the connection's bounded queue (messages and
-//!   bytes, [`crate::inbox`]), control messages to the owner task through this
+//!   bytes, `inbox`), control messages to the owner task through this
 //!   connection's own small channel (the owner serves connections in turn, so one peer's
 //!   flood cannot starve the others), and a Disconnect closes the connection.
-//! - The **writer** ([`writer`]) seals queued messages into chunks. Control messages have
+//! - The **writer** (`writer`) seals queued messages into chunks. Control messages have
 //!   their own queue and always go first. Application messages are bounded per connection
 //!   in messages and in bytes.
 //!
