@@ -106,13 +106,16 @@ pub mod socket;
 pub mod transport;
 
 mod attempt;
+mod builder;
 mod inbox;
 mod owner;
+mod shared;
 mod welcome;
 
+pub use builder::NodeBuilder;
 pub use config::{ConfigError, NodeConfig, ValidConfig};
 pub use connection::{CloseReason, Connection, ConnectionInfo, QueueConfig};
 pub use error::{ConnectError, SendError, StartError, TrySendError};
 pub use event::{EventError, Events, NodeEvent};
 pub use inbox::Received;
-pub use node::{Broadcast, Node, NodeBuilder, NodeStats, PeerMetadata};
+pub use node::{Broadcast, Node, NodeStats, PeerMetadata};

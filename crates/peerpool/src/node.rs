@@ -10,141 +10,35 @@
 //!
 //! [`NodeConfig`]: crate::config::NodeConfig
 
-use crate::budget::ByteBudget;
-use crate::clock::{NodeClock, SystemClock, WallClock};
+use crate::builder::NodeBuilder;
+use crate::clock::SystemClock;
 use crate::config::ValidConfig;
 use crate::connection::{envelope, Connection, ConnectionInfo};
 use crate::error::{ConnectError, SendError, StartError, TrySendError};
-use crate::event::{Events, NodeEvent};
-use crate::inbox::{Inbox, Received};
-use crate::io_scheduler::{self, IoScheduler, Stat};
-use crate::owner::Owner;
-use crate::persist::{self, FileStore, PeerStore, StoreError};
-use crate::transport::{Listener, TcpTransport, Transport};
+use crate::event::Events;
+use crate::inbox::Received;
+use crate::io_scheduler::{self, Stat};
+use crate::persist::StoreError;
+use crate::shared::{Command, NodeShared, Query};
+use crate::transport::TcpTransport;
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::message::AppMessage;
 use peerpool_proto::point::Point;
-use peerpool_proto::policy::{ConnectionId, ConnectionPolicy};
-use peerpool_proto::pool::{PeerInfo, PeerMeta, PointInfo, Pool, PoolError, Time};
+use peerpool_proto::policy::ConnectionPolicy;
+use peerpool_proto::pool::{PeerInfo, PeerMeta, PointInfo, PoolError, Time};
 use rand::{RngCore, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tokio::sync::{mpsc, oneshot};
 
 /// The application's peer metadata: how the pool makes and scores it ([`PeerMeta`]), and
 /// how it is written to the peers file (serde). `()` is the empty metadata.
 pub trait PeerMetadata: PeerMeta + Serialize + DeserializeOwned + Send + Sync + 'static {}
 
 impl<T: PeerMeta + Serialize + DeserializeOwned + Send + Sync + 'static> PeerMetadata for T {}
-
-type Query<P> = Box<dyn FnOnce(&ConnectionPolicy<P>, Time) + Send>;
-
-/// What handles ask of the owner task.
-pub(crate) enum Command<P> {
-    Activate,
-    Connect {
-        point: Point,
-        expected: Option<PeerId>,
-        trusted: bool,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<PeerId, ConnectError>>,
-    },
-    AddTrustedPoint {
-        point: Point,
-        expected: Option<PeerId>,
-    },
-    Disconnect {
-        peer_id: PeerId,
-    },
-    TearDown,
-    GreylistPeer(PeerId),
-    GreylistAddr(IpAddr),
-    BanPeer(PeerId),
-    BanPoint(Point),
-    TrustPoint(Point),
-    OpenPoint(Point),
-    TrustPeer(PeerId),
-    OpenPeer(PeerId),
-    SetExpectedPeerId(Point, PeerId),
-    ClearGreylist,
-    AclClear,
-    SetPeerMetadata {
-        peer_id: PeerId,
-        metadata: P,
-        reply: oneshot::Sender<Result<(), PoolError>>,
-    },
-    Query(Query<P>),
-    SavePeers {
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
-}
-
-/// What handles share with the owner without asking it: the connections to send on, the
-/// inbox to receive from, the event channel.
-pub(crate) struct NodeShared<M> {
-    registry: RwLock<BTreeMap<PeerId, Connection<M>>>,
-    pub(crate) inbox: Arc<Inbox<M>>,
-    pub(crate) events: broadcast::Sender<NodeEvent>,
-    pub(crate) budget: ByteBudget,
-    pub(crate) tracker: TaskTracker,
-    scheduler: Arc<IoScheduler>,
-    peer_id: PeerId,
-    local_addr: Option<SocketAddr>,
-    stopped: CancellationToken,
-}
-
-impl<M> NodeShared<M> {
-    pub(crate) fn register(&self, peer_id: PeerId, c: Connection<M>) {
-        self.registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer_id, c);
-    }
-
-    pub(crate) fn unregister(&self, peer_id: &PeerId, id: ConnectionId)
-    where
-        M: AppMessage,
-    {
-        let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
-        if registry.get(peer_id).is_some_and(|c| c.info().id == id) {
-            registry.remove(peer_id);
-        }
-    }
-
-    pub(crate) fn clear_registry(&self) {
-        self.registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    fn connection(&self, peer_id: &PeerId) -> Option<Connection<M>> {
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer_id)
-            .cloned()
-    }
-
-    fn connections(&self) -> Vec<Connection<M>> {
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-}
 
 /// Totals of a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -173,8 +67,8 @@ pub struct Broadcast {
 /// A cloneable handle to a running node (see the module doc). `M` is the application's
 /// message type, `P` its peer metadata.
 pub struct Node<M, P = ()> {
-    commands: mpsc::Sender<Command<P>>,
-    shared: Arc<NodeShared<M>>,
+    pub(crate) commands: mpsc::Sender<Command<P>>,
+    pub(crate) shared: Arc<NodeShared<M>>,
 }
 
 impl<M, P> Clone for Node<M, P> {
@@ -192,170 +86,6 @@ impl<M, P> std::fmt::Debug for Node<M, P> {
             .field("peer_id", &self.shared.peer_id)
             .field("local_addr", &self.shared.local_addr)
             .finish_non_exhaustive()
-    }
-}
-
-/// Builds a node with the seams a test or a simulation replaces: the transport, the peers
-/// store, the wall clock.
-pub struct NodeBuilder<T, M, P> {
-    config: ValidConfig,
-    transport: T,
-    store: Option<Arc<dyn PeerStore>>,
-    clock: Arc<dyn WallClock>,
-    _types: std::marker::PhantomData<fn() -> (M, P)>,
-}
-
-impl<T: std::fmt::Debug, M, P> std::fmt::Debug for NodeBuilder<T, M, P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeBuilder")
-            .field("transport", &self.transport)
-            .field("store", &self.store)
-            .field("clock", &self.clock)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
-    /// Uses `transport` instead.
-    pub fn transport<U: Transport>(self, transport: U) -> NodeBuilder<U, M, P> {
-        NodeBuilder {
-            config: self.config,
-            transport,
-            store: self.store,
-            clock: self.clock,
-            _types: std::marker::PhantomData,
-        }
-    }
-
-    /// Keeps the peers file in `store` (instead of `config.peers_file`).
-    pub fn store(mut self, store: Arc<dyn PeerStore>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    /// Reads the wall-clock time at start from `clock` (instead of the system's).
-    pub fn clock(mut self, clock: Arc<dyn WallClock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Binds the listener (if any), loads the peers file (if any), and starts the node's
-    /// tasks. The node serves explicit connects at once; it accepts connections and dials
-    /// on its own after [`Node::activate`].
-    ///
-    /// Errors: [`StartError::Bind`] when the address cannot be bound;
-    /// [`StartError::Scheduler`] outside a tokio runtime. An unusable peers file is not an
-    /// error: it is set aside, logged, and the node starts with an empty pool.
-    pub async fn start(self) -> Result<Node<M, P>, StartError> {
-        let config = self.config;
-        let c = config.get();
-        let seed = c.seed.unwrap_or_else(|| rand::rng().next_u64());
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let clock = NodeClock::start(self.clock.as_ref());
-        let pool = Pool::<P>::new(c.pool.clone(), &mut rng)?;
-        // Two budgets out of one setting: bytes read ahead by the I/O scheduler and whole
-        // messages. Kept apart so readers waiting for a message reservation can never be
-        // held up by read-ahead that only they could drain.
-        let (read_ahead, messages) = crate::config::split_budget(c.buffer_budget_bytes);
-        let budget = ByteBudget::new(messages);
-        let scheduler = Arc::new(
-            IoScheduler::with_budget(c.io_scheduler, ByteBudget::new(read_ahead))
-                .map_err(|e| StartError::Scheduler(Arc::new(e)))?,
-        );
-        let listener = match c.listen_addr {
-            Some(addr) => {
-                Some(
-                    self.transport
-                        .bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            addr,
-                            source: Arc::new(source),
-                        })?,
-                )
-            }
-            None => None,
-        };
-        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let local_ip = local_addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
-        let peer_id = c.identity.peer_id;
-        let mut policy = ConnectionPolicy::new(
-            clock.now(),
-            c.policy.clone(),
-            c.versions.clone(),
-            pool,
-            peer_id,
-            rng.next_u64(),
-        )
-        .map_err(|_| StartError::Pool(PoolError::InvalidConfig("policy")))?;
-        if let Some(addr) = local_addr.filter(|a| !a.ip().is_unspecified()) {
-            policy.add_my_point(Point::from(addr));
-        }
-        let store = self.store.or_else(|| {
-            c.peers_file
-                .as_ref()
-                .map(|p| Arc::new(FileStore::new(p)) as Arc<dyn PeerStore>)
-        });
-        if let Some(store) = &store {
-            match persist::load_records::<P>(store.as_ref()).await {
-                Ok(records) => {
-                    let added = policy.load_peer_records(clock.now(), records);
-                    info!(
-                        peers = added,
-                        points = policy.pool().known_points_len(),
-                        "peers file loaded"
-                    );
-                }
-                Err(e) => warn!(error = %e, "peers file not loaded; starting with an empty pool"),
-            }
-        }
-        let (events, _) = broadcast::channel(c.event_capacity.max(1));
-        let tracker = TaskTracker::new();
-        let saver = store.map(|store| {
-            let (tx, rx) = mpsc::channel(4);
-            tracker.spawn(persist::run_saver::<P>(store, rx, events.clone()));
-            tx
-        });
-        let shared = Arc::new(NodeShared {
-            registry: RwLock::new(BTreeMap::new()),
-            inbox: Arc::new(Inbox::default()),
-            events,
-            budget,
-            tracker: tracker.clone(),
-            scheduler: scheduler.clone(),
-            peer_id,
-            local_addr,
-            stopped: CancellationToken::new(),
-        });
-        let (commands, command_rx) = mpsc::channel(256);
-        let ctx = crate::attempt::AttemptContext {
-            scheduler: scheduler.clone(),
-            handshake: config.handshake(local_addr.map(|a| a.port())),
-            close_timeout: c.close_timeout,
-        };
-        let owner = Owner {
-            transport: self.transport,
-            listener,
-            local_ip,
-            policy,
-            clock,
-            rng,
-            scheduler,
-            ctx,
-            shared: shared.clone(),
-            tracker,
-            stop_welcome: CancellationToken::new(),
-            saver,
-            commands: command_rx,
-            config,
-        };
-        let stopped = shared.stopped.clone().drop_guard();
-        tokio::spawn(async move {
-            // `stopped` is cancelled when this task ends, after everything else.
-            let _stopped = stopped;
-            owner.run().await;
-        });
-        Ok(Node { commands, shared })
     }
 }
 

@@ -11,8 +11,9 @@ use crate::connection::{self, CloseReason, Connection, ConnectionInfo, Notice, W
 use crate::error::ConnectError;
 use crate::event::NodeEvent;
 use crate::io_scheduler::IoScheduler;
-use crate::node::{Command, NodeShared, PeerMetadata};
+use crate::node::PeerMetadata;
 use crate::persist::SaveJob;
+use crate::shared::{Command, NodeShared};
 use crate::transport::Transport;
 use futures_util::stream::{FuturesUnordered, SelectAll};
 use futures_util::StreamExt;

@@ -24,6 +24,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
+/// Why stored peers-file content could not be used.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum Unusable {
+    /// The bytes are not UTF-8 text.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// The text is not a peers file.
+    #[error(transparent)]
+    Format(PeersFileError),
+}
+
 /// Why the store failed.
 #[derive(Debug, Clone, Error)]
 #[non_exhaustive]
@@ -44,7 +56,7 @@ pub enum StoreError {
     #[error("peers file unusable ({reason}); set aside to {moved_to}")]
     Corrupt {
         /// Why it was unusable.
-        reason: String,
+        reason: Unusable,
         /// Where it is now.
         moved_to: String,
     },
@@ -52,7 +64,7 @@ pub enum StoreError {
     #[error("peers file unusable ({reason}) and not set aside: {source}")]
     CorruptNotMoved {
         /// Why it was unusable.
-        reason: String,
+        reason: Unusable,
         /// Why setting aside failed.
         source: Arc<io::Error>,
     },
@@ -250,11 +262,11 @@ pub async fn load_records<P: DeserializeOwned>(
         return Ok(Vec::new());
     };
     let reason = match String::from_utf8(bytes) {
-        Err(e) => format!("not UTF-8: {e}"),
+        Err(_) => Unusable::NotUtf8,
         Ok(text) if text.trim().is_empty() => return Ok(Vec::new()),
         Ok(text) => match parse_peers_file(&text) {
             Ok(records) => return Ok(records),
-            Err(e) => e.to_string(),
+            Err(e) => Unusable::Format(e),
         },
     };
     match store.set_aside().await {
