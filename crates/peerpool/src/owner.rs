@@ -457,6 +457,9 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
         self.notices.push(notice_stream(id, notices_rx));
         self.o.shared.register(peer_id, connection.clone());
         self.conns.insert(id, connection);
+        // The policy's actions for the new connection (weight, Bootstrap) are carried out
+        // before anyone hears of it.
+        self.apply_actions();
         info!(%peer_id, remote_addr = %view.remote_addr, direction = ?view.direction, "connection established");
         self.emit(NodeEvent::ConnectionEstablished {
             id,

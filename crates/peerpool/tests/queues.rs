@@ -58,18 +58,13 @@ async fn a_peer_that_does_not_read_does_not_slow_the_others_and_loses_nothing() 
     );
     assert_eq!((outcome.sent, outcome.refused), (1, 1));
     // The broadcast reached C, which has room.
-    let from_a_at_c = c.handle.connections().pop().unwrap();
+    let from_a_at_c = connected(&c.handle, a.handle.peer_id()).await;
     assert_eq!(from_a_at_c.recv().await.unwrap().tag, 0x31);
     // A and C are unaffected.
     assert_exchange(&a.handle, &c.handle, 0x10).await;
     assert_exchange(&c.handle, &a.handle, 0x11).await;
     // B now reads everything: each queued message arrives, in order, none dropped.
-    let from_a = b
-        .handle
-        .connections()
-        .into_iter()
-        .find(|x| x.info().peer_id == a.handle.peer_id())
-        .unwrap();
+    let from_a = connected(&b.handle, a.handle.peer_id()).await;
     for i in 0..queued {
         let m = from_a.recv().await.unwrap();
         assert_eq!(m.tag, 0x30);
@@ -91,7 +86,7 @@ async fn control_messages_overtake_queued_application_messages() {
     );
     assert!(to_b.send_control(ControlMessage::Bootstrap));
     let mut events = b.handle.events();
-    let from_a = b.handle.connections().pop().unwrap();
+    let from_a = connected(&b.handle, a.handle.peer_id()).await;
     let mut received = 0u32;
     let mut at_bootstrap = None;
     while received < queued {
