@@ -65,30 +65,42 @@ pub fn spawn_app_drain(node: BinaryNode) -> Arc<AtomicU64> {
     received
 }
 
-/// Waits for Ctrl-C or SIGTERM (what service managers and containers send); both stop
-/// the node the same way.
-pub async fn stop_signal() {
+/// Listens for Ctrl-C and SIGTERM (what service managers and containers send) from the
+/// moment it is called; the future completes when either arrives, and both stop the node
+/// the same way. Call it before announcing the node: a signal sent on the announcement
+/// must find the handlers installed, not the default action (the process ends without a
+/// shutdown).
+pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    biased;
-                    r = tokio::signal::ctrl_c() => {
-                        if let Err(e) = r {
-                            error!(error = %e, "cannot wait for Ctrl-C");
-                        }
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            match handlers {
+                (Ok(mut interrupt), Ok(mut term)) => {
+                    tokio::select! {
+                        biased;
+                        _ = interrupt.recv() => {}
+                        _ = term.recv() => info!("SIGTERM received"),
                     }
-                    _ = term.recv() => info!("SIGTERM received"),
                 }
-                return;
+                (Ok(mut interrupt), Err(e)) => {
+                    error!(error = %e, "cannot wait for SIGTERM; Ctrl-C only");
+                    interrupt.recv().await;
+                }
+                (Err(e), _) => error!(error = %e, "cannot wait for Ctrl-C"),
             }
-            Err(e) => error!(error = %e, "cannot wait for SIGTERM; Ctrl-C only"),
         }
-    }
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        error!(error = %e, "cannot wait for Ctrl-C");
+        #[cfg(not(unix))]
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            error!(error = %e, "cannot wait for Ctrl-C");
+        }
     }
 }
 
@@ -132,13 +144,15 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Listening before the announcement: whoever waits for it may signal at once.
+    let stop = stop_signal();
     info!(peer_id = %identity.peer_id, listen = ?node.local_addr(), chain = %args.chain_name, "node started");
     spawn_app_drain(node.clone());
     for (point, expected) in args.peers {
         node.add_peer(point, expected).await;
     }
     node.activate().await;
-    stop_signal().await;
+    stop.await;
     info!("shutting down");
     node.shutdown().await;
     info!("stopped");

@@ -241,3 +241,94 @@ fn sandbox_ends_with_every_node_connected() {
     assert!(t.contains("nodes with none: 0"), "{t}");
     assert!(t.contains("127.0.0.6:"), "{t}");
 }
+
+/// SIGTERM (what service managers and containers send) stops the node as Ctrl-C does:
+/// a clean shutdown that saves the peers file, and a successful exit.
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_the_node_down_cleanly_and_saves_the_peers_file() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    // A safety net for each wait; every wait ends on the line or exit it waits for.
+    const LIMIT: Duration = Duration::from_secs(30);
+    let dir = temp_dir("sigterm");
+    let peers_file = dir.join("peers.json");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_peerpool"))
+        .args([
+            "node",
+            "--net-addr",
+            "127.0.0.1:0",
+            "--expected-pow",
+            "0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = node.id();
+    // Stops the node for good if the test fails half-way.
+    let kill = |signal: &str| {
+        Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    // Its log, line by line, as it comes.
+    let (lines_tx, lines) = mpsc::channel();
+    let stderr = node.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let started = loop {
+        match lines.recv_timeout(LIMIT) {
+            Ok(line) => {
+                let up = line.contains("node started");
+                log.push(line);
+                if up {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    if !started {
+        kill("-KILL");
+        panic!("the node did not start:\n{}", log.join("\n"));
+    }
+    // Nothing saved yet: the save below is the shutdown's.
+    assert!(!peers_file.exists());
+    assert!(kill("-TERM").success());
+    let (exit_tx, exit) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(node.wait());
+    });
+    let status = match exit.recv_timeout(LIMIT) {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            kill("-KILL");
+            panic!("the node did not exit after SIGTERM:\n{}", log.join("\n"));
+        }
+    };
+    // The rest of its log (the pipe closes with the process).
+    log.extend(lines.iter());
+    let log = log.join("\n");
+    assert!(status.success(), "{status}:\n{log}");
+    for expected in ["SIGTERM received", "shutting down", "stopped"] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    let text = std::fs::read_to_string(&peers_file).unwrap();
+    let records =
+        peerpool_proto::pool::peers_file::parse_peers_file::<serde_json::Value>(&text).unwrap();
+    assert!(records.is_empty(), "{text}");
+}
