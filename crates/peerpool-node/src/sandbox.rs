@@ -81,6 +81,9 @@ struct SandboxNode {
 
 /// Runs the sandbox network.
 pub async fn run(args: SandboxArgs) -> ExitCode {
+    // Signals are caught from the start, so a Ctrl-C or SIGTERM while the nodes start
+    // still stops them cleanly.
+    let stop = stop_signal();
     let target = match PowTarget::new(args.expected_pow) {
         Ok(t) => t,
         Err(e) => {
@@ -169,7 +172,6 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
     let live = std::io::stdout().is_terminal();
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let stop = stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -69,9 +69,9 @@ pub struct NodeConfig {
     /// Seed of the node's randomness (handshake nonces, point sampling, hash keys);
     /// `None` draws one from the operating system.
     pub seed: Option<u64>,
-    /// Events buffered for each subscriber (default 1024, ≥ 1); a subscriber further
-    /// behind loses the oldest and is told how many. Memory grows only as events are
-    /// sent, not with this bound.
+    /// Events buffered for subscribers (default 1024, ≥ 1); a subscriber further behind
+    /// loses the oldest and is told how many. The channel allocates its slots (rounded up
+    /// to a power of two) at start.
     pub event_capacity: usize,
 }
 

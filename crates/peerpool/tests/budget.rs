@@ -32,11 +32,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
 
 const KIB: usize = 1024;
-const BUDGET: usize = 1024 * KIB;
-const MAX_MESSAGE: usize = 128 * KIB;
+const BUDGET: usize = 4096 * KIB;
+const MAX_MESSAGE: usize = 512 * KIB;
 const CLIENTS: usize = 16;
 const MESSAGES: usize = 2;
-const BODY: usize = 100 * KIB;
+const BODY: usize = 400 * KIB;
 /// What the node reserves for one message: length prefix, tag, body.
 const RESERVED: usize = 4 + 2 + BODY;
 /// Bytes each pipe holds in each direction.
@@ -212,7 +212,7 @@ async fn a_node_buffers_at_most_its_budget_and_pushes_back_on_its_peers() {
     c.buffer_budget_bytes = BUDGET;
     c.queues.max_message_bytes = MAX_MESSAGE;
     let share = split_budget(BUDGET).1;
-    assert_eq!(share, 768 * KIB);
+    assert_eq!(share, 3072 * KIB);
     // Seven messages fit in the share, not eight.
     assert!((7 * RESERVED..8 * RESERVED).contains(&share));
     let node = Node::<RawMessage>::builder(c.validate().unwrap())
