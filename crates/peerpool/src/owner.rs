@@ -303,6 +303,18 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
         }
     }
 
+    /// Runs an attempt's step as a task of its own (so the handshakes of one node use
+    /// every worker thread), and polls its outcome from the owner.
+    fn push_step(&mut self, id: ConnectionId, step: StepFuture) {
+        let handle = tokio_util::task::AbortOnDropHandle::new(self.o.tracker.spawn(step));
+        self.steps.push(Box::pin(async move {
+            handle.await.unwrap_or(Step::Failed {
+                id,
+                error: ConnectError::NodeStopped,
+            })
+        }));
+    }
+
     fn dial(&mut self, id: ConnectionId, remote: SocketAddr) {
         let default = self.o.config.get().connection_timeout;
         let meta = self.meta.entry(id).or_insert_with(|| AttemptMeta {
@@ -314,16 +326,19 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
         });
         let (deadline, timeout) = (meta.deadline, meta.timeout);
         let nonce = self.nonce();
-        self.steps.push(attempt::outgoing(
+        self.push_step(
             id,
-            self.o.transport.clone(),
-            self.o.local_ip,
-            remote,
-            self.o.ctx.clone(),
-            nonce,
-            deadline,
-            timeout,
-        ));
+            attempt::outgoing(
+                id,
+                self.o.transport.clone(),
+                self.o.local_ip,
+                remote,
+                self.o.ctx.clone(),
+                nonce,
+                deadline,
+                timeout,
+            ),
+        );
     }
 
     fn incoming(&mut self, stream: T::Stream, remote_addr: SocketAddr) {
@@ -343,14 +358,10 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                     },
                 );
                 let nonce = self.nonce();
-                self.steps.push(attempt::incoming(
+                self.push_step(
                     id,
-                    stream,
-                    self.o.ctx.clone(),
-                    nonce,
-                    deadline,
-                    timeout,
-                ));
+                    attempt::incoming(id, stream, self.o.ctx.clone(), nonce, deadline, timeout),
+                );
             }
             Err(reason) => {
                 debug!(%remote_addr, %reason, "incoming connection refused");
@@ -379,8 +390,10 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                     .get(&id)
                     .map(|m| (m.deadline, m.timeout))
                     .unwrap_or((Instant::now(), Duration::ZERO));
-                self.steps
-                    .push(attempt::decide(id, auth, io, admission, deadline, timeout));
+                self.push_step(
+                    id,
+                    attempt::decide(id, auth, io, admission, deadline, timeout),
+                );
             }
             Step::Established {
                 id,
