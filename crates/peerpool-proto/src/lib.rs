@@ -7,6 +7,7 @@
 //! - [`encoding`]: data-encoding primitives (big-endian ints, `u30` lengths, strings).
 //! - [`crypto`]: keys, channel key, nonces, XSalsa20-Poly1305 seal/open, Blake2b.
 //! - [`identity`]: peer id, proof-of-work target and search, `identity.json`.
+//! - [`netgroup`]: IPv4 /16 and IPv6 /32 address groups (eclipse defences).
 //! - [`point`]: a point (IP address + port) and its text form.
 //! - [`connection_message`]: the cleartext connection message, metadata, Ack/Nack, version selection.
 //! - [`framing`]: encrypted chunks (seal/open, nonce counters) and the message stream decoder.
@@ -27,6 +28,7 @@ pub mod framing;
 pub mod handshake;
 pub mod identity;
 pub mod message;
+pub mod netgroup;
 pub mod point;
 pub mod policy;
 pub mod pool;

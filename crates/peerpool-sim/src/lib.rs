@@ -25,5 +25,5 @@
 pub mod scenario;
 pub mod transport;
 
-pub use scenario::{run, Churn, Partition, Report, Sample, Scenario, Topology};
+pub use scenario::{address, node_of, run, Churn, Partition, Report, Sample, Scenario, Topology};
 pub use transport::SimTransport;

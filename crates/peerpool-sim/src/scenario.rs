@@ -160,15 +160,26 @@ impl Report {
     }
 }
 
-/// The address of node `i`: 10.a.b.c, spread over /16 netgroups of 250 nodes.
+/// The address of node `i`: `10.(i % 250 + 1).(i / 250).1`, so the first 250 nodes each
+/// have a netgroup (IPv4 /16) of their own, as hosts of a real network mostly do.
 pub fn address(i: usize) -> IpAddr {
-    let i = i as u32;
     IpAddr::V4(Ipv4Addr::new(
         10,
-        (i / 62_500) as u8,
-        ((i / 250) % 250) as u8,
         (i % 250 + 1) as u8,
+        ((i / 250) % 256) as u8,
+        1,
     ))
+}
+
+/// The node index of an address made by [`address`].
+pub fn node_of(ip: IpAddr) -> Option<usize> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            (a == 10 && b >= 1).then(|| usize::from(b - 1) + 250 * usize::from(c))
+        }
+        IpAddr::V6(_) => None,
+    }
 }
 
 /// The identity of node `i` of a scenario seeded `seed` (no proof of work).

@@ -86,7 +86,7 @@ impl Transport for SimTransport {
     type Stream = SimStream;
     type Listener = SimListener;
 
-    async fn bind(&self, addr: SocketAddr) -> io::Result<SimListener> {
+    async fn bind(&self, addr: SocketAddr, _backlog: u32) -> io::Result<SimListener> {
         // turmoil binds only its wildcard; the host's one address is where it listens.
         let any = if addr.is_ipv4() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)

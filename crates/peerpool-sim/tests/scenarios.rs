@@ -178,8 +178,8 @@ fn during_a_partition_restarted_hosts_reconnect_only_on_their_side_then_heal() {
     };
     let r = run(&s).unwrap();
     summary("partition", &r);
-    // Node k has address 10.0.0.(k + 1): nodes 0..6 on one side, 6..12 on the other.
-    let side_of_ip = |ip: &str| ip.rsplit('.').next().unwrap().parse::<usize>().unwrap() <= 6;
+    // Nodes 0..6 on one side, 6..12 on the other.
+    let side_of_ip = |ip: &str| peerpool_sim::node_of(ip.parse().unwrap()).unwrap() < 6;
     let mut during = 0;
     let mut crossing_after_heal = 0;
     for line in &r.trace {

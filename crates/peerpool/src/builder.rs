@@ -90,20 +90,16 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             IoScheduler::with_budget(c.io_scheduler, ByteBudget::new(read_ahead))
                 .map_err(|e| StartError::Scheduler(Arc::new(e)))?,
         );
-        let listener = match c.listen_addr {
-            Some(addr) => {
-                Some(
-                    self.transport
-                        .bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            addr,
-                            source: Arc::new(source),
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let listener =
+            match c.listen_addr {
+                Some(addr) => Some(self.transport.bind(addr, c.backlog).await.map_err(
+                    |source| StartError::Bind {
+                        addr,
+                        source: Arc::new(source),
+                    },
+                )?),
+                None => None,
+            };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let local_ip = local_addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
         let peer_id = c.identity.peer_id;
@@ -175,6 +171,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             stop_welcome: CancellationToken::new(),
             saver,
             commands: command_rx,
+            discovery: None,
             config,
         };
         let stopped = shared.stopped.clone().drop_guard();

@@ -30,6 +30,9 @@ pub struct NodeConfig {
     /// Where to listen; `None` for a node that only dials. A node that listens dials from
     /// its listening address.
     pub listen_addr: Option<SocketAddr>,
+    /// Connections waiting to be accepted (`listen(2)` backlog; default 1024, octez's 20
+    /// drops bursts of connection attempts under load).
+    pub backlog: u32,
     /// Chain name and supported versions (default `TEZOS_MAINNET`, ddb {0,1,2}, p2p {0,1}).
     pub versions: SupportedVersions,
     /// Proof of work demanded from peers (default difficulty 26).
@@ -81,6 +84,7 @@ impl NodeConfig {
         NodeConfig {
             identity,
             listen_addr: None,
+            backlog: 1024,
             versions: SupportedVersions::octez(chain_name),
             // invariant: 26 is within [0, 256].
             pow_target: PowTarget::new(26.0).unwrap_or_else(|_| unreachable!()),

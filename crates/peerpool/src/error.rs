@@ -53,7 +53,9 @@ impl From<Refusal> for ConnectError {
             Refusal::TooManyConnections => {
                 ConnectError::RejectedByUs(NackMotive::TooManyConnections)
             }
-            Refusal::TooManyIncomingHandshakes => ConnectError::TooManyIncomingHandshakes,
+            Refusal::TooManyIncomingHandshakes
+            | Refusal::TooManyHandshakesFromAddr
+            | Refusal::TooManyHandshakesFromNetgroup(_) => ConnectError::TooManyIncomingHandshakes,
             _ => ConnectError::NodeStopped,
         }
     }
@@ -98,6 +100,11 @@ impl ConnectError {
                 points: points.clone(),
             },
             ConnectError::Handshake(_) => AttemptFailure::Closed,
+            ConnectError::RejectedByUs(
+                NackMotive::UnknownChainName
+                | NackMotive::DeprecatedP2pVersion
+                | NackMotive::DeprecatedDistributedDbVersion,
+            ) => AttemptFailure::NoCommonProtocol,
             ConnectError::Pool(_) | ConnectError::RejectedByUs(_) => AttemptFailure::RefusedByUs,
             ConnectError::Scheduler(_)
             | ConnectError::TooManyIncomingHandshakes

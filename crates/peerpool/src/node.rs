@@ -433,6 +433,26 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
         rx.await.unwrap_or(Err(StoreError::Stopped))
     }
 
+    /// Runs a maintenance cycle now and returns once it has run (octez `P2p.maintain`):
+    /// the node is within its bounds, or has dialled what it could and is waiting for
+    /// points. Returns at once if the node has stopped.
+    pub async fn maintain(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Maintain { reply })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// The maintenance bounds (BEHAVIOUR.md §3.1) in use.
+    pub async fn bounds(&self) -> Option<peerpool_proto::policy::Bounds> {
+        self.ask(|policy, _| policy.bounds()).await
+    }
+
     /// Bytes of received messages buffered now (being assembled, or waiting for the
     /// application), out of the node-wide budget.
     pub fn buffered_bytes(&self) -> usize {

@@ -72,7 +72,17 @@ pub(crate) struct Owner<T: Transport, M: AppMessage, P: PeerMetadata> {
     pub stop_welcome: CancellationToken,
     pub saver: Option<mpsc::Sender<SaveJob<P>>>,
     pub commands: mpsc::Receiver<Command<P>>,
+    pub discovery: Option<DiscoveryHandle>,
 }
+
+/// What the owner can ask of local discovery: announce us now.
+pub(crate) trait Wake: Send + Sync {
+    /// Resets the announcement backoff.
+    fn wake(&self);
+}
+
+/// Local discovery, when it runs.
+pub(crate) type DiscoveryHandle = Arc<dyn Wake>;
 
 /// The owner's working state while running.
 struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
@@ -84,6 +94,7 @@ struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
     accepted_tx: mpsc::Sender<(T::Stream, SocketAddr)>,
     accepted_rx: mpsc::Receiver<(T::Stream, SocketAddr)>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    maintain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
@@ -100,6 +111,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
             accepted_tx,
             accepted_rx,
             shutdown_waiters: Vec::new(),
+            maintain_waiters: Vec::new(),
         };
         r.apply_actions();
         r.serve().await;
@@ -236,6 +248,10 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                 let _ = reply.send(policy.set_peer_metadata(&peer_id, metadata));
             }
             Command::Query(f) => f(policy, now),
+            Command::Maintain { reply } => {
+                self.maintain_waiters.push(reply);
+                policy.maintain(now);
+            }
             Command::SavePeers { reply } => {
                 let job = SaveJob {
                     records: policy.peer_records(),
@@ -296,6 +312,16 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                 Action::Event(e) => {
                     if let Some(e) = NodeEvent::from_policy(e) {
                         self.emit(e);
+                    }
+                }
+                Action::Maintained => {
+                    for waiter in self.maintain_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                }
+                Action::WakeDiscovery => {
+                    if let Some(d) = &self.o.discovery {
+                        d.wake();
                     }
                 }
                 _ => {}

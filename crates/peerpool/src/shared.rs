@@ -61,6 +61,9 @@ pub(crate) enum Command<P> {
     SavePeers {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Maintain {
+        reply: oneshot::Sender<()>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },

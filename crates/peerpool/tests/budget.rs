@@ -183,7 +183,7 @@ impl Transport for Pipes {
     type Stream = PipeEnd;
     type Listener = PipeListener;
 
-    async fn bind(&self, _addr: SocketAddr) -> io::Result<PipeListener> {
+    async fn bind(&self, _addr: SocketAddr, _backlog: u32) -> io::Result<PipeListener> {
         let incoming = self
             .accept
             .lock()

@@ -176,6 +176,7 @@ async fn the_peers_file_is_saved_at_shutdown_and_a_restarted_node_redials_its_pe
     let a_config = |min_connections| {
         let mut c = config(1, "127.0.0.1");
         c.pool.min_connections = min_connections;
+        c.policy.maintenance.enabled = min_connections > 0;
         c.policy.peers_file_interval = None;
         c.validate().unwrap()
     };

@@ -286,6 +286,11 @@ async fn persistent_peer_is_redialed_after_it_comes_back() {
     let mut ca = config(1, "127.0.0.1");
     // The point waits this long after a running connection ends (octez: 60 s).
     ca.pool.reconnection.disconnection_delay = std::time::Duration::from_secs(1);
+    // The maintenance keeps one connection, and looks again soon when it has no candidate.
+    ca.pool.min_connections = 1;
+    ca.policy.maintenance.enabled = true;
+    ca.policy.maintenance.looking_for_peers = std::time::Duration::from_millis(200);
+    ca.policy.maintenance.looking_for_peers_max = std::time::Duration::from_millis(400);
     let a = start(ca).await;
     let b = start(config(2, "127.0.0.1")).await;
     let b_addr = b.addr;

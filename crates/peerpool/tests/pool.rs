@@ -61,6 +61,7 @@ async fn a_restarted_node_reconnects_to_the_peers_it_learned() {
         ca.peers_file = Some(dir.join("peers.json"));
         ca.policy.bootstrap_on_connect = true;
         ca.pool.min_connections = 2;
+        ca.policy.maintenance.enabled = true;
         ca.pool.reconnection.disconnection_delay = Duration::from_millis(100);
         ca
     };
@@ -198,6 +199,9 @@ async fn private_mode_accepts_only_trusted_points_and_advertises_nothing() {
     let mut cp = config(1, "127.0.0.1");
     cp.pool.private_mode = true;
     cp.metadata.private_node = true;
+    // The maintenance dials trusted points (the only candidates in private mode).
+    cp.pool.min_connections = 1;
+    cp.policy.maintenance.enabled = true;
     let private = start(cp).await;
     let stranger = start(config(2, "127.0.0.2")).await;
     let mut events = private.handle.events();

@@ -22,7 +22,9 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     ///    that wins the tie-break, gets Nack `Already_connected`;
     /// 5. the pool's checks (banned address or peer, private mode, point or peer busy):
     ///    [`Admission::Close`], or Nack `Already_connected`;
-    /// 6. the slot check: a full node asks its [`AdmissionHook`](super::AdmissionHook)
+    /// 6. the caps: an incoming peer beyond `max_incoming_connections` established incoming
+    ///    connections is Nacked `Too_many_connections`; then the slot limit
+    ///    (`max_connections`): a full node asks its [`AdmissionHook`](super::AdmissionHook)
     ///    for a connection to evict, else Nacks `Too_many_connections`;
     /// 7. accepted: the point and the peer go Accepted.
     ///
@@ -159,9 +161,13 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 Err(e) => return Admission::Close(e),
             }
         }
-        // 6. Slots.
-        let live = self.connections.len() - self.closing.len();
-        if !takeover && live + self.pending.len() >= self.pool.config().max_connections {
+        // 6. Slots: the cap on established incoming connections (so strangers cannot take
+        // the slots the node needs for its own dials), then the slot limit.
+        if !takeover && incoming && self.incoming_count() >= self.max_incoming {
+            return self.nack(NackMotive::TooManyConnections, point);
+        }
+        let live = self.live();
+        if !takeover && live + self.pending.len() >= self.slot_limit {
             let candidate = Candidate {
                 peer_id,
                 remote_addr: attempt.remote_addr,
@@ -197,6 +203,27 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             a.peer_id = Some(peer_id);
         }
         Admission::Accept(version)
+    }
+
+    /// Incoming connections running or admitted (the closing ones excepted).
+    fn incoming_count(&self) -> usize {
+        let running = self
+            .connections
+            .values()
+            .filter(|c| {
+                c.view.direction == Direction::Incoming && !self.closing.contains(&c.view.id)
+            })
+            .count();
+        let admitted = self
+            .pending
+            .values()
+            .filter(|id| {
+                self.attempts
+                    .get(id)
+                    .is_some_and(|a| a.direction == Direction::Incoming)
+            })
+            .count();
+        running + admitted
     }
 
     /// The checks for a peer that announced no listening port (there is no point to check).

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::handshake::Direction;
 use crate::identity::PeerId;
+use crate::netgroup::Netgroup;
 use crate::point::Point;
 use crate::pool::{
     ExpectedPeerIdOutcome, Failure, IdPoint, Medium, P2pEvent, PeerMeta, PeerState, PointState,
@@ -59,16 +60,29 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         result
     }
 
-    /// Adds a trusted point (octez `--peer`, bootstrap peers): it is dialled whenever it is
-    /// not connected, with its backoff, once the policy is active; it is never collected.
+    /// Adds a trusted point (octez `--peer`, bootstrap peers): a candidate of the
+    /// maintenance (the only kind in private mode) that is never forgotten.
     pub fn add_trusted_point(&mut self, now: Time, point: Point, expected: Option<PeerId>) {
         self.clock.set(now);
         if !self.pool.is_my_point(&point) {
             let reg = self.pool.register_point(now, point, Some(true), expected);
             self.expected_outcome(reg.expected);
         }
-        self.replan = true;
+        // A new candidate, even if the point was known: a waiting maintenance looks again.
+        self.new_candidate();
         self.finish(now);
+    }
+
+    /// A point became a candidate (learned, or trusted): a maintenance waiting for points
+    /// stops waiting.
+    pub(super) fn new_candidate(&mut self) {
+        if matches!(
+            self.maintenance.phase,
+            super::maintenance::Phase::Asking { .. }
+        ) {
+            self.maintenance.points_arrived = true;
+            self.maintenance.wake = true;
+        }
     }
 
     pub(super) fn expected_outcome(&mut self, outcome: ExpectedPeerIdOutcome) {
@@ -117,12 +131,14 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     }
 
     /// An incoming TCP connection from `remote_addr`: the cheap checks before any byte is
-    /// read (BEHAVIOUR.md §1.2): handshakes in flight below `max_incoming_handshakes`, the
-    /// address neither banned nor greylisted. On success the runtime runs the handshake
+    /// read (BEHAVIOUR.md §1.2): handshakes in flight below `max_incoming_handshakes`, and
+    /// below the caps per address and per netgroup, the address neither banned nor
+    /// greylisted. On success the runtime runs the handshake
     /// under `authentication_timeout` and reports its outcome with the returned id.
     ///
-    /// Errors: [`Refusal::TooManyIncomingHandshakes`], [`Refusal::Pool`] (`PointBanned`),
-    /// [`Refusal::NotActive`] while shutting down.
+    /// Errors: [`Refusal::TooManyIncomingHandshakes`],
+    /// [`Refusal::TooManyHandshakesFromAddr`], [`Refusal::TooManyHandshakesFromNetgroup`],
+    /// [`Refusal::Pool`] (`PointBanned`), [`Refusal::NotActive`] while shutting down.
     pub fn handle_incoming(
         &mut self,
         now: Time,
@@ -135,7 +151,24 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         if self.incoming_in_flight >= self.config.max_incoming_handshakes {
             return Err(Refusal::TooManyIncomingHandshakes);
         }
-        self.pool.check_incoming_addr(remote_addr.ip())?;
+        // Per address and per netgroup, so one network cannot hold every handshake slot.
+        let ip = remote_addr.ip();
+        let group = Netgroup::of(ip);
+        let (mut same_ip, mut same_group) = (0, 0);
+        for a in self.attempts.values() {
+            if a.direction == Direction::Incoming {
+                let theirs = a.remote_addr.ip();
+                same_ip += usize::from(theirs == ip);
+                same_group += usize::from(Netgroup::of(theirs) == group);
+            }
+        }
+        if same_ip >= self.config.max_incoming_handshakes_per_ip {
+            return Err(Refusal::TooManyHandshakesFromAddr);
+        }
+        if same_group >= self.config.handshakes_per_netgroup() {
+            return Err(Refusal::TooManyHandshakesFromNetgroup(group));
+        }
+        self.pool.check_incoming_addr(ip)?;
         let id = self.new_id();
         self.attempts.insert(
             id,
@@ -182,6 +215,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         let owns = self.pending.get(&peer_id) == Some(&id);
         if !owns || self.by_peer.contains_key(&peer_id) || self.stopping {
             self.release_states(now, id, &attempt);
+            self.maintenance_attempt_ended(id, false);
+            self.swap_attempt_ended(now, id, false);
             self.finish(now);
             return false;
         }
@@ -209,6 +244,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             &self.clock,
             self.config.bootstrap_rate,
             self.config.advertise_rate,
+            self.config.swap_rate,
         );
         self.connections.insert(id, Connection { view, limits });
         self.by_peer.insert(peer_id, id);
@@ -226,6 +262,15 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             self.pool
                 .push_event(P2pEvent::BootstrapSent { source: peer_id });
         }
+        self.maintenance_attempt_ended(id, true);
+        self.swap_attempt_ended(now, id, true);
+        // Crossing max_threshold wakes the maintenance at once (octez waits until
+        // max_connections is exceeded).
+        if self.config.maintenance.triggers.too_many
+            && self.live() > self.maintenance.bounds.max_threshold
+        {
+            self.maintenance.wake = true;
+        }
         self.finish(now);
         true
     }
@@ -238,6 +283,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             return;
         };
         self.release_states(now, id, &attempt);
+        self.maintenance_attempt_ended(id, false);
+        self.swap_attempt_ended(now, id, false);
         let handshake_failed = matches!(
             failure,
             AttemptFailure::Garbage
@@ -264,6 +311,13 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                     self.pool.add_to_id_points(p);
                 }
             }
+            AttemptFailure::NoCommonProtocol => {
+                // Another network's point is useless and must not be advertised; it is
+                // not greylisted: nodes of ours may share its address (BEHAVIOUR.md §1.2).
+                if let Some(p) = attempt.point {
+                    self.pool.unregister_point(&p);
+                }
+            }
             AttemptFailure::Nacked { points, .. } if self.config.peer_discovery => {
                 // A Nack's referral points are worth knowing (BEHAVIOUR.md §1.2).
                 self.pool.register_list_of_new_points(
@@ -277,7 +331,6 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             }
             _ => {}
         }
-        self.replan = true;
         self.finish(now);
     }
 
@@ -315,6 +368,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             self.finish(now);
             return;
         };
+        self.swap_connection_closed(id);
         let peer_id = conn.view.peer_id;
         if self.by_peer.get(&peer_id) == Some(&id) {
             self.by_peer.remove(&peer_id);
@@ -330,7 +384,6 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             // A decoding error greylists the peer: its id and its address (§5).
             self.pool.greylist_peer(now, &peer_id);
         }
-        self.replan = true;
         self.finish(now);
     }
 

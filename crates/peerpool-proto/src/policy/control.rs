@@ -1,7 +1,7 @@
 //! Control messages (BEHAVIOUR.md §7.3): Bootstrap is answered with known points,
-//! Advertise registers points, each under a per-peer rate (the `governor` crate's GCRA,
-//! driven by the time the policy is given: no clock is read). Swap messages are the
-//! maintenance's and are ignored here.
+//! Advertise registers points, swap messages go to the `swap` module, each kind under a
+//! per-peer rate (the `governor` crate's GCRA, driven by the time the policy is given: no
+//! clock is read).
 
 use super::config::Rate;
 use super::{Action, ConnectionId, ConnectionPolicy, ControlKind, ControlMessage, PolicyEvent};
@@ -43,6 +43,7 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, InputClock, NoOpMiddleware<D
 pub(super) struct ControlLimits {
     bootstrap: Limiter,
     advertise: Limiter,
+    swap: Limiter,
 }
 
 impl fmt::Debug for ControlLimits {
@@ -60,11 +61,17 @@ fn quota(rate: Rate) -> Quota {
 }
 
 impl ControlLimits {
-    pub(super) fn new(clock: &InputClock, bootstrap: Rate, advertise: Rate) -> Self {
+    pub(super) fn new(clock: &InputClock, bootstrap: Rate, advertise: Rate, swap: Rate) -> Self {
         ControlLimits {
             bootstrap: RateLimiter::direct_with_clock(quota(bootstrap), clock.clone()),
             advertise: RateLimiter::direct_with_clock(quota(advertise), clock.clone()),
+            swap: RateLimiter::direct_with_clock(quota(swap), clock.clone()),
         }
+    }
+
+    /// Whether one more swap message (request or ack) fits the rate now.
+    pub(super) fn swap(&self) -> bool {
+        self.swap.check().is_ok()
     }
 
     /// Whether one more Bootstrap fits the rate now (the clock is set by the caller).
@@ -87,13 +94,15 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         let except = conn.view.point;
         let private = conn.view.private;
         let kind = message.kind();
-        if !self.config.peer_discovery {
+        let swap = matches!(kind, ControlKind::SwapRequest | ControlKind::SwapAck);
+        // Swap is independent of peer discovery (BEHAVIOUR.md §7.4).
+        if !swap && !self.config.peer_discovery {
             return;
         }
         let allowed = match kind {
             ControlKind::Bootstrap => conn.limits.bootstrap(),
             ControlKind::Advertise => conn.limits.advertise(),
-            ControlKind::SwapRequest | ControlKind::SwapAck => return,
+            _ => conn.limits.swap(),
         };
         if !allowed {
             self.emit(PolicyEvent::ControlThrottled { peer_id, kind });
@@ -132,7 +141,10 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 );
                 self.emit(PolicyEvent::AdvertiseReceived { peer_id, points });
             }
-            ControlMessage::SwapRequest(..) | ControlMessage::SwapAck(..) => {}
+            ControlMessage::SwapRequest(point, peer) => {
+                self.on_swap_request(now, id, peer_id, point, peer)
+            }
+            ControlMessage::SwapAck(point, peer) => self.on_swap_ack(now, id, peer_id, point, peer),
         }
     }
 }
@@ -149,7 +161,7 @@ mod tests {
             period: Duration::from_secs(1),
             burst: 3,
         };
-        let limits = ControlLimits::new(&clock, rate, rate);
+        let limits = ControlLimits::new(&clock, rate, rate, rate);
         // The burst, then nothing until time moves.
         assert!((0..3).all(|_| limits.bootstrap()));
         assert!(!limits.bootstrap());

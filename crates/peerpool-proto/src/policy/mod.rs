@@ -27,12 +27,16 @@
 //!
 //! - [`config`]: [`PolicyConfig`], checked once.
 //! - [`types`]: ids, inputs, decisions, [`Action`], [`PolicyEvent`].
-//! - [`plugins`]: where the maintenance and the connection manager plug in: the
-//!   [`AdmissionHook`] (evict-to-admit), the [`VictimPolicy`] ("too many"), the
-//!   [`DialPlanner`], each with octez's behaviour as its default.
-//! - `attempts`: starting attempts, their outcomes, the pool transitions.
-//! - `admission`: the accept/reject decision and the tie-break.
-//! - `control`: per-peer rate limits (the `governor` crate) and Bootstrap/Advertise.
+//! - [`plugins`]: where the connection manager plugs in: the [`AdmissionHook`]
+//!   (evict-to-admit), the [`VictimPolicy`] ("too many"), the [`DialPlanner`] (whom the
+//!   maintenance dials), each with octez's behaviour as its default.
+//! - `attempts`: starting attempts (with the cheap checks of incoming ones), their
+//!   outcomes, the pool transitions.
+//! - `admission`: the accept/reject decision, the tie-break, the slot and incoming caps.
+//! - `maintenance`: keeping the connection count between its bounds (BEHAVIOUR.md §3).
+//! - `swap`: rewiring the graph (§7.4).
+//! - `control`: per-peer rate limits (the `governor` crate), Bootstrap/Advertise, and the
+//!   routing of swap messages.
 //! - `operator`: bans, trust, greylisting, disconnections, shutdown.
 
 pub mod config;
@@ -42,18 +46,25 @@ pub mod types;
 mod admission;
 mod attempts;
 mod control;
+mod maintenance;
 mod operator;
+mod swap;
 
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_maintenance;
 
 pub use attempts::weight_of_score;
-pub use config::{PolicyConfig, PolicyConfigError, Rate, ADVERTISE_POINTS};
+pub use config::{
+    Bounds, MaintenanceConfig, PolicyConfig, PolicyConfigError, Rate, Triggers, ADVERTISE_POINTS,
+    DEFAULT_EXPECTED_CONNECTIONS,
+};
 pub use plugins::{
-    AdmissionHook, Candidate, DialPlan, DialPlanner, MinConnectionsPlanner, PlanContext,
-    RandomVictims, RefuseWhenFull, VictimPolicy,
+    AdmissionHook, Candidate, DialPlanner, OctezCandidates, PlanContext, RandomVictims,
+    RefuseWhenFull, VictimPolicy,
 };
 pub use types::{
     Action, Admission, AttemptFailure, AuthenticatedPeer, ClosedBy, ConnectionId, ConnectionView,
@@ -66,10 +77,12 @@ use crate::identity::PeerId;
 use crate::point::Point;
 use crate::pool::{PeerMeta, PeerRecord, Pool, Time, Trigger};
 use control::{ControlLimits, InputClock};
+use maintenance::Maintenance;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use swap::Swaps;
 
 /// A connection attempt in flight.
 #[derive(Debug, Clone)]
@@ -118,9 +131,16 @@ pub struct ConnectionPolicy<M> {
     incoming_in_flight: usize,
     dialing: usize,
     actions: VecDeque<Action<M>>,
-    replan: bool,
-    next_plan: Option<Time>,
     next_save: Option<Time>,
+    maintenance: Maintenance,
+    swaps: Swaps,
+    /// Connections (running and admitted) above which a peer is refused:
+    /// `max_connections`. Between the maintenance's `max_threshold` and this, connections
+    /// are admitted and the maintenance trims back to `max_target` (the connection
+    /// manager's high and low watermarks).
+    slot_limit: usize,
+    /// Established incoming connections at most.
+    max_incoming: usize,
     admission_hook: Box<dyn AdmissionHook>,
     victims: Box<dyn VictimPolicy>,
     planner: Box<dyn DialPlanner<M>>,
@@ -155,6 +175,20 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         seed: u64,
     ) -> Result<Self, PolicyConfigError> {
         config.validate()?;
+        let (min, max) = (pool.config().min_connections, pool.config().max_connections);
+        let expected = config.maintenance.expected_connections.unwrap_or(
+            if (min..=max).contains(&DEFAULT_EXPECTED_CONNECTIONS) {
+                DEFAULT_EXPECTED_CONNECTIONS
+            } else {
+                (min + max) / 2
+            },
+        );
+        let bounds = Bounds::new(min, expected, max)?;
+        let slot_limit = max;
+        let max_incoming = config
+            .max_incoming_connections
+            .unwrap_or(max.saturating_sub(min))
+            .max(1);
         let clock = InputClock::default();
         clock.set(now);
         let next_save = config.peers_file_interval.map(|d| now.saturating_add(d));
@@ -177,12 +211,14 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             incoming_in_flight: 0,
             dialing: 0,
             actions: VecDeque::new(),
-            replan: false,
-            next_plan: None,
             next_save,
+            maintenance: Maintenance::new(bounds),
+            swaps: Swaps::default(),
+            slot_limit,
+            max_incoming,
             admission_hook: Box::new(RefuseWhenFull),
             victims: Box::new(RandomVictims),
-            planner: Box::new(MinConnectionsPlanner),
+            planner: Box::new(OctezCandidates),
         })
     }
 
@@ -196,10 +232,14 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         self.victims = victims;
     }
 
-    /// Replaces the dial planner.
+    /// Replaces the dial planner (whom the maintenance dials).
     pub fn set_dial_planner(&mut self, planner: Box<dyn DialPlanner<M>>) {
         self.planner = planner;
-        self.replan = true;
+    }
+
+    /// Connections (running and admitted) above which a peer is refused.
+    pub fn slot_limit(&self) -> usize {
+        self.slot_limit
     }
 
     /// The settings.
@@ -260,9 +300,15 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     }
 
     /// When [`ConnectionPolicy::handle_timeout`] must be called next: the IP-greylist
-    /// countdown, a backoff the dial planner waits for, the periodic peers-file save.
+    /// countdown, the maintenance's timers (idle, the end of a wait for points), the
+    /// periodic peers-file save.
     pub fn poll_timeout(&self) -> Option<Time> {
-        [self.pool.poll_timeout(), self.next_plan, self.next_save]
+        let maintenance = if self.active && !self.stopping {
+            self.maintenance.deadline()
+        } else {
+            None
+        };
+        [self.pool.poll_timeout(), maintenance, self.next_save]
             .into_iter()
             .flatten()
             .min()
@@ -274,10 +320,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.gc_greylist(now);
         }
-        if self.next_plan.is_some_and(|t| t <= now) {
-            self.next_plan = None;
-            self.replan = true;
-        }
+        self.maintenance_timeouts(now);
         if let Some(t) = self.next_save.filter(|t| *t <= now) {
             let interval = self.config.peers_file_interval.unwrap_or_default();
             // The next save is one interval after this one was due, or after now if the
@@ -299,7 +342,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         self.clock.set(now);
         if !self.stopping {
             self.active = true;
-            self.replan = true;
+            self.maintenance.wake = true;
         }
         self.finish(now);
     }
@@ -318,7 +361,6 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     ) -> usize {
         self.clock.set(now);
         let n = self.pool.load_peer_records(now, records);
-        self.replan = true;
         self.finish(now);
         n
     }
@@ -356,22 +398,24 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         }
     }
 
-    /// Ends every input: acts on the pool's triggers, trims, plans dials, and moves the
-    /// pool's events to the action queue (in the order they happened).
+    /// Ends every input: acts on the pool's triggers, trims, runs the maintenance when
+    /// woken, and moves the pool's events to the action queue (in the order they happened).
     fn finish(&mut self, now: Time) {
+        let triggers = self.config.maintenance.triggers;
         while let Some(trigger) = self.pool.poll_trigger() {
             match trigger {
-                Trigger::NewPoint | Trigger::TooFewConnections | Trigger::NewPeer => {
-                    self.replan = true
-                }
-                Trigger::TooManyConnections | Trigger::NewConnection => {}
+                Trigger::TooFewConnections if triggers.too_few => self.maintenance.wake = true,
+                Trigger::TooManyConnections if triggers.too_many => self.maintenance.wake = true,
+                Trigger::NewPoint | Trigger::NewPeer => self.new_candidate(),
+                _ => {}
             }
         }
         self.trim(now);
-        if self.replan && self.active && !self.stopping {
-            self.replan = false;
-            self.plan(now);
+        if self.active && !self.stopping && self.maintenance.wake && self.config.maintenance.enabled
+        {
+            self.run_maintenance(now);
         }
+        self.maintenance.wake = false;
         while let Some(event) = self.pool.poll_event() {
             self.actions
                 .push_back(Action::Event(PolicyEvent::Pool(event)));
@@ -389,20 +433,6 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         let victims = self.victims.choose(now, &views, live - max, &mut self.rng);
         for id in victims.into_iter().take(live - max) {
             self.close(id, DisconnectReason::TooManyConnections);
-        }
-    }
-
-    fn plan(&mut self, now: Time) {
-        let ctx = PlanContext {
-            pool: &self.pool,
-            active: self.connections.len(),
-            dialing: self.dialing,
-        };
-        let plan = self.planner.plan(now, &ctx);
-        self.next_plan = plan.next_check.filter(|t| *t > now);
-        for point in plan.dial {
-            // A planned dial the pool no longer allows is skipped, not an error.
-            let _ = self.start_dial(now, point, None);
         }
     }
 }

@@ -50,7 +50,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         self.clock.set(now);
         self.stopping = true;
         self.active = false;
-        self.next_plan = None;
+        self.maintenance.next_idle = None;
         self.next_save = None;
         let all: Vec<_> = self.connections.keys().copied().collect();
         for id in all {
@@ -99,7 +99,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn trust_point(&mut self, now: Time, point: Point) {
         self.clock.set(now);
         self.pool.trust_point(now, point);
-        self.replan = true;
+        self.new_candidate();
         self.finish(now);
     }
 
@@ -107,7 +107,6 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn open_point(&mut self, now: Time, point: &Point) {
         self.clock.set(now);
         self.pool.open_point(point);
-        self.replan = true;
         self.finish(now);
     }
 
@@ -142,12 +141,10 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     /// Empties the peer and IP greylists; manual bans stay.
     pub fn clear_greylist(&mut self) {
         self.pool.clear_greylist();
-        self.replan = true;
     }
 
     /// Empties all four access lists (octez `DELETE /network/greylist`).
     pub fn acl_clear(&mut self) {
         self.pool.acl_clear();
-        self.replan = true;
     }
 }

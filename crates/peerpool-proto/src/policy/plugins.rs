@@ -7,9 +7,8 @@
 //! - [`VictimPolicy`]: which connections to close when there are too many. Default
 //!   [`RandomVictims`]: uniformly at random among those not both private and trusted
 //!   (octez `P2p_maintenance`, BEHAVIOUR.md §3.3).
-//! - [`DialPlanner`]: which points to dial, and when to look again. Default
-//!   [`MinConnectionsPlanner`]: trusted points whenever they are not connected, others
-//!   while fewer than `min_connections` run. The maintenance worker replaces it.
+//! - [`DialPlanner`]: which known points the maintenance dials, best first. Default
+//!   [`OctezCandidates`]: never failed first, then the oldest failure (BEHAVIOUR.md §3.3).
 
 use super::types::{ConnectionId, ConnectionView};
 use crate::handshake::Direction;
@@ -98,63 +97,49 @@ impl VictimPolicy for RandomVictims {
 pub struct PlanContext<'a, M> {
     /// The pool (points, peers, ACL, backoff).
     pub pool: &'a Pool<M>,
-    /// Running connections.
-    pub active: usize,
-    /// Outgoing attempts in flight.
-    pub dialing: usize,
+    /// When the maintenance round started: a point that failed since is not retried in
+    /// this round.
+    pub round_start: Time,
+    /// How many points are wanted, at most.
+    pub wanted: usize,
+    /// The running connections.
+    pub connections: &'a [ConnectionView],
 }
 
-/// What a [`DialPlanner`] decided.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DialPlan {
-    /// Points to dial now, in order. The policy skips any it cannot dial (state changed).
-    pub dial: Vec<Point>,
-    /// When to plan again even if nothing happens (a backoff ends); `None`: only on events.
-    pub next_check: Option<Time>,
-}
-
-/// Decides whom to dial.
+/// Chooses whom the maintenance dials.
 pub trait DialPlanner<M>: fmt::Debug + Send {
-    /// The plan at `now`.
-    fn plan(&mut self, now: Time, ctx: &PlanContext<'_, M>) -> DialPlan;
+    /// Up to `ctx.wanted` points to dial now, best first. The policy skips any it cannot
+    /// dial after all.
+    fn candidates(&mut self, now: Time, ctx: &PlanContext<'_, M>) -> Vec<Point>;
 }
 
-/// Trusted points whenever they are not connected; other candidates (known points past
-/// their backoff, not banned, as [`Pool::candidates`] orders them) while fewer than
-/// `min_connections` connections run or are being dialled.
+/// octez's candidates (BEHAVIOUR.md §3.3 `connectable`): known points that are
+/// Disconnected, past their backoff, not failed in this round, not banned (nor their
+/// expected peer), not ours, trusted in private mode; those that never failed first, then
+/// the oldest failure. Ties by point, so the choice is deterministic.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MinConnectionsPlanner;
+pub struct OctezCandidates;
 
-impl<M: PeerMeta> DialPlanner<M> for MinConnectionsPlanner {
-    fn plan(&mut self, now: Time, ctx: &PlanContext<'_, M>) -> DialPlan {
+impl<M: PeerMeta> DialPlanner<M> for OctezCandidates {
+    fn candidates(&mut self, now: Time, ctx: &PlanContext<'_, M>) -> Vec<Point> {
         let pool = ctx.pool;
-        let mut wanted = pool
-            .config()
-            .min_connections
-            .saturating_sub(ctx.active + ctx.dialing);
-        let mut dial = Vec::new();
-        for point in pool.candidates(now) {
-            let trusted = pool.point(&point).is_some_and(|p| p.trusted);
-            if trusted {
-                dial.push(point);
-            } else if wanted > 0 {
-                wanted -= 1;
-                dial.push(point);
-            } else {
-                break;
-            }
-        }
-        // Wake up when the first backoff we care about ends: a trusted point's always, any
-        // other point's while we still want more.
-        let still_short = wanted > 0;
-        let next_check = pool
+        let private = pool.config().private_mode;
+        let mut v: Vec<(Option<Time>, Point)> = pool
             .points()
-            .filter(|p| p.state() == PointState::Disconnected && (p.trusted || still_short))
-            .filter(|p| p.cannot_reconnect_yet(now) && !pool.point_banned(&p.point()))
-            .filter_map(|p| p.greylisted_until())
-            .min()
-            // `cannot_reconnect_yet` holds while `now <= end`: look just after the end.
-            .map(|t| t.saturating_add(std::time::Duration::from_nanos(1)));
-        DialPlan { dial, next_check }
+            .filter(|p| {
+                p.state() == PointState::Disconnected
+                    && !p.cannot_reconnect_yet(now)
+                    && p.last_miss().is_none_or(|t| t < ctx.round_start)
+                    && !pool.point_banned(&p.point())
+                    && !p.expected_peer_id.is_some_and(|e| pool.peer_banned(&e))
+                    && (!private || p.trusted)
+                    && !pool.is_my_point(&p.point())
+            })
+            .map(|p| (p.last_miss(), p.point()))
+            .collect();
+        // `None` (never missed) sorts first, then the oldest miss.
+        v.sort();
+        v.truncate(ctx.wanted);
+        v.into_iter().map(|(_, p)| p).collect()
     }
 }

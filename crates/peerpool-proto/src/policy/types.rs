@@ -85,6 +85,8 @@ pub enum DisconnectReason {
     TooManyConnections,
     /// Evicted to admit a better connection (admission hook).
     Evicted,
+    /// Dropped after a swap replaced it (`Peer_swapped`, BEHAVIOUR.md §7.4).
+    Swapped,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -100,6 +102,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Duplicate => "duplicate connection",
             DisconnectReason::TooManyConnections => "too many connections",
             DisconnectReason::Evicted => "evicted",
+            DisconnectReason::Swapped => "swapped",
         })
     }
 }
@@ -118,6 +121,12 @@ pub enum Refusal {
     /// Too many incoming handshakes in flight (`max_incoming_connections`, §1.2).
     #[error("too many incoming handshakes in flight")]
     TooManyIncomingHandshakes,
+    /// Too many incoming handshakes in flight from this address.
+    #[error("too many incoming handshakes in flight from this address")]
+    TooManyHandshakesFromAddr,
+    /// Too many incoming handshakes in flight from this netgroup.
+    #[error("too many incoming handshakes in flight from netgroup {0}")]
+    TooManyHandshakesFromNetgroup(crate::netgroup::Netgroup),
     /// The node is not active yet (`activate` not called) or is shutting down.
     #[error("the node is not active")]
     NotActive,
@@ -174,6 +183,9 @@ pub enum AttemptFailure {
     Closed,
     /// We refused the peer (the decision was [`Admission::Nack`] or [`Admission::Close`]).
     RefusedByUs,
+    /// We refused the peer because it speaks another chain or no common version: its point
+    /// is forgotten (not advertised), and not greylisted.
+    NoCommonProtocol,
     /// The runtime gave up for a reason of its own (shutting down, scheduler closed).
     Aborted,
 }
@@ -279,6 +291,10 @@ pub enum Action<M> {
     },
     /// Save these peers-file records (in the background: saving never blocks the owner).
     SavePeers(Vec<PeerRecord<M>>),
+    /// Ask local discovery to announce us now (the maintenance is short of peers).
+    WakeDiscovery,
+    /// A maintenance cycle has run: answer whoever waits in `maintain`.
+    Maintained,
     /// Tell subscribers.
     Event(PolicyEvent),
 }

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 /// Bytes buffered in each direction of a stream (like a socket buffer).
 const STREAM_BUFFER: usize = 256 * 1024;
-/// Connections waiting in a listener's backlog; beyond it a connect is refused.
-const BACKLOG: usize = 1024;
+/// Largest backlog of a listener; beyond its backlog a connect is refused.
+const MAX_BACKLOG: usize = 65_536;
 /// First ephemeral port.
 const EPHEMERAL: u16 = 49_152;
 
@@ -143,7 +143,7 @@ impl Transport for MemoryNetwork {
     type Stream = MemoryStream;
     type Listener = MemoryListener;
 
-    async fn bind(&self, addr: SocketAddr) -> io::Result<MemoryListener> {
+    async fn bind(&self, addr: SocketAddr, backlog: u32) -> io::Result<MemoryListener> {
         let mut state = self.lock();
         let addr = if addr.port() == 0 {
             SocketAddr::new(addr.ip(), state.ephemeral(addr.ip())?)
@@ -153,7 +153,7 @@ impl Transport for MemoryNetwork {
         if state.listeners.contains_key(&addr) {
             return Err(io::Error::new(io::ErrorKind::AddrInUse, addr.to_string()));
         }
-        let (tx, rx) = mpsc::channel(BACKLOG);
+        let (tx, rx) = mpsc::channel((backlog as usize).clamp(1, MAX_BACKLOG));
         state.listeners.insert(addr, tx);
         drop(state);
         Ok(MemoryListener {
@@ -213,7 +213,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn streams_carry_bytes_and_addresses_both_ways() {
         let net = MemoryNetwork::new();
-        let mut listener = net.bind("127.0.0.2:0".parse().unwrap()).await.unwrap();
+        let mut listener = net.bind("127.0.0.2:0".parse().unwrap(), 16).await.unwrap();
         let server = listener.local_addr().unwrap();
         assert_eq!(server.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
         let mut client = net
@@ -240,12 +240,12 @@ mod tests {
         let addr: SocketAddr = "10.0.0.1:9732".parse().unwrap();
         let err = net.connect(None, addr).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
-        let listener = net.bind(addr).await.unwrap();
+        let listener = net.bind(addr, 16).await.unwrap();
         assert_eq!(
-            net.bind(addr).await.unwrap_err().kind(),
+            net.bind(addr, 16).await.unwrap_err().kind(),
             io::ErrorKind::AddrInUse
         );
         drop(listener);
-        assert!(net.bind(addr).await.is_ok());
+        assert!(net.bind(addr, 16).await.is_ok());
     }
 }

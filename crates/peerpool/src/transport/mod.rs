@@ -51,10 +51,15 @@ pub trait Transport: Clone + fmt::Debug + Send + Sync + 'static {
     /// Its listeners.
     type Listener: Listener<Stream = Self::Stream>;
 
-    /// Binds a listener on `addr` (port 0: any free port).
+    /// Binds a listener on `addr` (port 0: any free port), with room for `backlog`
+    /// connections waiting to be accepted.
     ///
     /// Errors: the address is in use or not ours.
-    fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+    fn bind(
+        &self,
+        addr: SocketAddr,
+        backlog: u32,
+    ) -> impl Future<Output = io::Result<Self::Listener>> + Send;
 
     /// Connects to `remote`, from `local` (any port) when given, else from whatever
     /// address the transport picks.

@@ -5,9 +5,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// Listen backlog of bound sockets.
-const BACKLOG: u32 = 1024;
-
 /// tokio TCP. Listeners set `SO_REUSEADDR`; dials from a given local address bind it
 /// first (port 0); every stream has `TCP_NODELAY` (the node writes whole chunks).
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,11 +51,11 @@ impl Transport for TcpTransport {
     type Stream = TcpStream;
     type Listener = TcpTransportListener;
 
-    async fn bind(&self, addr: SocketAddr) -> io::Result<TcpTransportListener> {
+    async fn bind(&self, addr: SocketAddr, backlog: u32) -> io::Result<TcpTransportListener> {
         let socket = socket_for(&addr)?;
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        Ok(TcpTransportListener(socket.listen(BACKLOG)?))
+        Ok(TcpTransportListener(socket.listen(backlog.max(1))?))
     }
 
     async fn connect(&self, local: Option<IpAddr>, remote: SocketAddr) -> io::Result<TcpStream> {

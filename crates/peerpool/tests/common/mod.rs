@@ -29,8 +29,11 @@ pub fn config(seed: u64, ip: &str) -> NodeConfig {
     c.pow_target = PowTarget::new(TEST_POW).unwrap();
     c.policy.bootstrap_on_connect = false;
     c.seed = Some(seed);
-    // No automatic dialing: tests dial explicitly.
+    // No maintenance (no automatic dialing) and no swaps: tests dial explicitly; those
+    // about the maintenance turn it on.
     c.pool.min_connections = 0;
+    c.policy.maintenance.enabled = false;
+    c.policy.swap_linger = None;
     c
 }
 
