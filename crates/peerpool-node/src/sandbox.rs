@@ -1,5 +1,8 @@
 //! `peerpool sandbox`: N nodes in one process on 127.0.0.1 … 127.0.0.N, each with its own
-//! identity (low proof of work), chain `TEZOS`, each dialing `--degree` others, over real
+//! identity (low proof of work), chain `TEZOS`, started from `--bootstrap` bootstrap nodes
+//! only: every node knows the bootstrap nodes' points and finds the others through them
+//! (Nack referrals, Bootstrap/Advertise, swaps), kept within its bounds by its maintenance
+//! (`--connections N`: min N/2, expected N, max 3N/2), over real
 //! TCP and the real handshake. A live table shows each node's connections and traffic;
 //! at the end (`--duration` or Ctrl-C) a summary, and a non-zero exit if a node ended
 //! with no connection.
@@ -32,9 +35,12 @@ pub struct SandboxArgs {
     /// Port every node listens on (each on its own 127.0.0.x); 0 picks free ports.
     #[arg(long, default_value_t = 19732)]
     pub base_port: u16,
-    /// How many other nodes each node dials.
+    /// How many of the nodes are bootstrap nodes, whose points every node is given.
     #[arg(long, default_value_t = 3)]
-    pub degree: usize,
+    pub bootstrap: usize,
+    /// Connections per node, as octez's `--connections N`: min N/2, expected N, max 3N/2.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub connections: u16,
     /// Proof of work of the sandbox identities (and required between them).
     #[arg(long, default_value_t = 8.0)]
     pub expected_pow: f64,

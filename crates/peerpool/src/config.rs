@@ -104,6 +104,19 @@ impl NodeConfig {
         }
     }
 
+    /// octez's `--connections N`: `min_connections` N/2 (N when N is 1), expected N,
+    /// `max_connections` 3N/2, and the known points and peers tables (8N, 6N)
+    /// (BEHAVIOUR.md §3.1).
+    pub fn set_connections(&mut self, n: usize) {
+        self.pool.min_connections = if n == 1 { 1 } else { n / 2 };
+        self.pool.max_connections = n * 3 / 2;
+        self.policy.maintenance.expected_connections = Some(n);
+        let table = (8 * n).max(1);
+        let target = (table / 4 * 3).max(1);
+        self.pool.max_known_points = (table, target);
+        self.pool.max_known_peer_ids = (table, target);
+    }
+
     /// Checks every field and cross-field rule once.
     ///
     /// Errors: [`ConfigError`] naming the field, its value and what is allowed.
@@ -293,6 +306,18 @@ mod tests {
         let mut c = config();
         c.chunk_payload_bytes = 70_000;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_connections_flag_sets_octez_bounds() {
+        let mut c = config();
+        c.set_connections(50);
+        assert_eq!((c.pool.min_connections, c.pool.max_connections), (25, 75));
+        assert_eq!(c.pool.max_known_points, (400, 300));
+        assert!(c.clone().validate().is_ok());
+        c.set_connections(1);
+        assert_eq!((c.pool.min_connections, c.pool.max_connections), (1, 1));
+        assert!(c.validate().is_ok());
     }
 
     #[test]

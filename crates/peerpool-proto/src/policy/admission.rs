@@ -138,6 +138,20 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             Some(_) => true,
             None => false,
         };
+        // A takeover replaces the peer's admitted attempt, not another peer's hold on the
+        // point: that point must be free or held by the attempt taken over.
+        if takeover {
+            let replaced = self.pending.get(&peer_id).copied();
+            if let Some(p) = point {
+                let busy = match self.point_owner.get(&p) {
+                    Some(owner) => *owner != id && Some(*owner) != replaced,
+                    None => matches!(self.pool.point_state(&p), Some(PointState::Running { .. })),
+                };
+                if busy {
+                    return self.nack(NackMotive::AlreadyConnected, point);
+                }
+            }
+        }
         // Our own attempt on the same point in flight: the tie-break decides, as above.
         let point_taken = point
             .and_then(|p| self.point_owner.get(&p))

@@ -698,3 +698,37 @@ fn the_same_seed_gives_the_same_decisions() {
     };
     assert_eq!(run(), run());
 }
+
+/// Found by the property test: an incoming attempt that takes over a peer's admitted
+/// attempt (tie-break) announced a point that another attempt held for another peer; the
+/// takeover stole the point, which then stayed Accepted with no attempt owning it.
+#[test]
+fn a_takeover_cannot_steal_a_point_another_peer_holds() {
+    let mut p = policy();
+    let a = p.connect(t(1), point(4), None, false).unwrap();
+    assert!(matches!(
+        p.handle_authenticated(t(1), a, &auth(peer(0), None)),
+        Admission::Accept(_)
+    ));
+    let b = p.connect(t(1), point(3), None, false).unwrap();
+    assert!(matches!(
+        p.handle_authenticated(t(1), b, &auth(peer(2), None)),
+        Admission::Accept(_)
+    ));
+    // peer 2 comes in from point 4's address, announcing point 4, and wins the tie-break
+    // against our dial (its id is smaller): the point is not its to take.
+    let c = p
+        .handle_incoming(t(1), SocketAddr::new(ip(4), 40_004))
+        .unwrap();
+    assert!(matches!(
+        p.handle_authenticated(t(1), c, &auth(peer(2), Some(9732))),
+        Admission::Nack(NackMotive::AlreadyConnected, _)
+    ));
+    p.handle_attempt_failed(t(1), c, AttemptFailure::RefusedByUs);
+    assert_eq!(p.point_owner.get(&point(4)), Some(&a));
+    assert!(p.handle_established(t(2), a));
+    assert_eq!(
+        p.pool().point_state(&point(4)),
+        Some(PointState::Running { peer_id: peer(0) })
+    );
+}
