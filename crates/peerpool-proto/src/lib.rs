@@ -19,10 +19,13 @@
 //!   who goes next, moving-average statistics (BEHAVIOUR.md §6).
 //! - [`pool`]: the pool's decisions: point/peer state machines, tables, GC, ACL, private
 //!   mode, `list_known_points`, `peers.json`, events (BEHAVIOUR.md §2, §4, §5, §11).
+//! - [`discovery`]: local discovery: the 28-byte UDP announcement and the sender's
+//!   backoff (BEHAVIOUR.md §8).
 
 #![warn(missing_docs)]
 pub mod connection_message;
 pub mod crypto;
+pub mod discovery;
 pub mod encoding;
 pub mod framing;
 pub mod handshake;

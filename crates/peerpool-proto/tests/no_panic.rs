@@ -5,6 +5,7 @@ use peerpool_proto::connection_message::{
     AckMessage, ConnectionMessage, ConnectionMetadata, SupportedVersions,
 };
 use peerpool_proto::crypto::{ChannelKey, Nonce};
+use peerpool_proto::discovery::{DiscoveryMessage, DISCOVERY_MAGIC};
 use peerpool_proto::framing::{ChunkOpener, MessageDecoder};
 use peerpool_proto::handshake::{Direction, Handshake, HandshakeConfig};
 use peerpool_proto::identity::{Identity, PowTarget};
@@ -35,6 +36,23 @@ proptest! {
         let _ = AckMessage::decode(&bytes);
         let _ = P2pMessage::<RawMessage>::decode(&bytes);
         let _ = P2pMessage::<RawMessage>::decode_body(&bytes);
+    }
+
+    #[test]
+    fn discovery_decode_returns_errors_not_panics(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // Past the magic check, so the length and field reads are exercised too.
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|tail| {
+                let mut v = DISCOVERY_MAGIC.to_vec();
+                v.extend(tail);
+                v
+            }),
+        ]
+    ) {
+        if let Ok(msg) = DiscoveryMessage::decode(&bytes) {
+            prop_assert_eq!(msg.encode().to_vec(), bytes);
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`io_scheduler`]: the I/O scheduler every connection's bytes pass through: global and
 //!   per-connection caps, fair shares, bounded read/write queues, statistics
 //!   (BEHAVIOUR.md §6).
+//! - [`discovery`]: local discovery over UDP: announces the node, reports the points it
+//!   hears of (BEHAVIOUR.md §8).
 //! - [`socket`]: the handshake over a byte stream (drives the pure handshake machine).
 //! - [`scheduled_stream`]: a scheduled connection as an `AsyncRead + AsyncWrite` stream.
 //! - private: `owner` (the task that holds the node's state and applies the connection
@@ -96,6 +98,7 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod discovery;
 pub mod error;
 pub mod event;
 pub mod io_scheduler;
