@@ -42,6 +42,30 @@ pub struct NodeArgs {
     /// Global upload cap, KiB/s (as octez's config); none by default.
     #[arg(long)]
     pub max_upload_speed: Option<u64>,
+    /// Connections to keep, as octez: min N/2, expected N, max 3N/2 (default: octez's
+    /// 10/50/100).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub connections: Option<u16>,
+    /// Do not run the maintenance (the node dials only when told to).
+    #[arg(long)]
+    pub disable_p2p_maintenance: bool,
+    /// Neither send nor answer swap requests.
+    #[arg(long)]
+    pub disable_p2p_swap: bool,
+    /// Local discovery: announce ourselves to, and listen for announcements on, this
+    /// address (`ADDR` or `ADDR:PORT`, default port 10732; an IPv4 broadcast address on a
+    /// local network). Off when not given.
+    #[arg(long, value_parser = parse_discovery_addr)]
+    pub discovery_addr: Option<SocketAddr>,
+}
+
+fn parse_discovery_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, peerpool_proto::discovery::DEFAULT_DISCOVERY_PORT))
+        .map_err(|_| format!("invalid discovery address {s:?} (ADDR or ADDR:PORT)"))
 }
 
 fn parse_peer(s: &str) -> Result<(Point, Option<PeerId>), String> {
@@ -129,6 +153,16 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.io_scheduler.max_download_speed =
         args.max_download_speed.map(|k| k.saturating_mul(1024));
     config.io_scheduler.max_upload_speed = args.max_upload_speed.map(|k| k.saturating_mul(1024));
+    if let Some(n) = args.connections {
+        config.set_connections(usize::from(n));
+    }
+    config.policy.maintenance.enabled = !args.disable_p2p_maintenance;
+    if args.disable_p2p_swap {
+        config.policy.swap_linger = None;
+    }
+    config.discovery = args
+        .discovery_addr
+        .map(|a| peerpool::discovery::DiscoveryConfig::new(a.ip(), a.port()));
     let config = match config.validate() {
         Ok(c) => c,
         Err(e) => {

@@ -14,7 +14,6 @@ use peerpool::NodeConfig;
 use peerpool_proto::identity::{Identity, PowTarget};
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::Point;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -44,7 +43,7 @@ pub struct SandboxArgs {
     /// Proof of work of the sandbox identities (and required between them).
     #[arg(long, default_value_t = 8.0)]
     pub expected_pow: f64,
-    /// Seed choosing whom each node dials.
+    /// Seed of the nodes' identities.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Size of the application message each node broadcasts every 500 ms, bytes (0: none).
@@ -112,7 +111,11 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             args.base_port,
         ));
         config.pow_target = target;
+        config.set_connections(usize::from(args.connections));
         config.pool.reconnection.increase_cap = Duration::from_secs(5);
+        // A sandbox looks again for peers within seconds, not a minute.
+        config.policy.maintenance.looking_for_peers = Duration::from_millis(500);
+        config.policy.maintenance.looking_for_peers_max = Duration::from_secs(5);
         config.io_scheduler.max_download_speed =
             args.max_download_speed.map(|k| k.saturating_mul(1024));
         config.io_scheduler.max_upload_speed =
@@ -140,12 +143,11 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             received,
         });
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let degree = args.degree.min(n - 1);
+    // Every node is given the bootstrap nodes' points (the bootstrap nodes each other's),
+    // as octez's `--peer` / bootstrap peers: trusted points, and nothing else.
+    let bootstrap = args.bootstrap.clamp(1, n);
     for i in 0..n {
-        let mut others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
-        others.shuffle(&mut rng);
-        for j in others.into_iter().take(degree) {
+        for j in (0..bootstrap).filter(|j| *j != i) {
             nodes[i]
                 .handle
                 .add_peer(Point::from(nodes[j].addr), Some(nodes[j].handle.peer_id()))
@@ -191,24 +193,31 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             _ = &mut stop => break,
         }
     }
-    let isolated = print_table(&nodes, "summary").await;
+    let counts = print_table(&nodes, "summary").await;
+    // The bounds of `--connections N`; a network of fewer than min + 1 nodes cannot give
+    // anyone min connections, so the floor is then every other node.
+    let c = usize::from(args.connections);
+    let min = if c == 1 { 1 } else { c / 2 }.min(n - 1);
+    let max = c * 3 / 2;
+    let outside = counts.iter().filter(|k| !(min..=max).contains(*k)).count();
+    println!("nodes outside [{min}, {max}] connections: {outside}");
     let mut stopping = tokio::task::JoinSet::new();
     for node in &nodes {
         let handle = node.handle.clone();
         stopping.spawn(async move { handle.shutdown().await });
     }
     while stopping.join_next().await.is_some() {}
-    if isolated > 0 {
-        eprintln!("{isolated} node(s) ended with no connection");
+    if outside > 0 {
+        eprintln!("{outside} node(s) ended outside their bounds [{min}, {max}]");
         ExitCode::FAILURE
     } else {
-        println!("every node is connected");
+        println!("every node is connected, within its bounds");
         ExitCode::SUCCESS
     }
 }
 
-/// Prints the table and returns how many nodes have no connection.
-async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
+/// Prints the table and returns each node's connection count.
+async fn print_table(nodes: &[SandboxNode], title: &str) -> Vec<usize> {
     println!("peerpool sandbox ({title}): {} nodes", nodes.len());
     let mut table = Table::new();
     table.load_preset(NOTHING).set_header(vec![
@@ -222,14 +231,10 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
         "out B/s",
         "app msgs",
     ]);
-    let mut isolated = 0;
-    let mut total = 0;
+    let mut counts = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         let stats = node.handle.stats().await;
-        if stats.connections == 0 {
-            isolated += 1;
-        }
-        total += stats.connections;
+        counts.push(stats.connections);
         table.add_row(vec![
             (i + 1).to_string(),
             node.addr.to_string(),
@@ -248,9 +253,10 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> usize {
         }
     }
     println!("{table}");
+    let isolated = counts.iter().filter(|c| **c == 0).count();
     println!(
         "connections: {} (each counted at both ends), nodes with none: {isolated}",
-        total / 2
+        counts.iter().sum::<usize>() / 2
     );
-    isolated
+    counts
 }

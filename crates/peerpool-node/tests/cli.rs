@@ -239,6 +239,7 @@ fn sandbox_ends_with_every_node_connected() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("nodes with none: 0"), "{t}");
+    assert!(t.contains("outside [4, 12] connections: 0"), "{t}");
     assert!(t.contains("127.0.0.6:"), "{t}");
 }
 

@@ -157,6 +157,30 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             handshake: config.handshake(local_addr.map(|a| a.port())),
             close_timeout: c.close_timeout,
         };
+        // The welcome worker and local discovery stop with the same token at shutdown.
+        let stop_workers = CancellationToken::new();
+        let discovery = match (c.discovery, local_addr) {
+            (Some(d), Some(addr)) => {
+                let (found_tx, found) = mpsc::channel(64);
+                match crate::discovery::Discovery::start(
+                    d,
+                    peer_id,
+                    addr.port(),
+                    found_tx,
+                    &tracker,
+                    stop_workers.clone(),
+                )
+                .await
+                {
+                    Ok(handle) => Some(crate::owner::DiscoveryLink { handle, found }),
+                    Err(e) => {
+                        warn!(error = %e, "local discovery not started");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let owner = Owner {
             transport: self.transport,
             listener,
@@ -168,10 +192,10 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             ctx,
             shared: shared.clone(),
             tracker,
-            stop_welcome: CancellationToken::new(),
+            stop_welcome: stop_workers,
             saver,
             commands: command_rx,
-            discovery: None,
+            discovery,
             config,
         };
         let stopped = shared.stopped.clone().drop_guard();

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// The I/O scheduler: global upload and download caps (bytes per second), read size,
     /// queue bounds (BEHAVIOUR.md §6).
     pub io_scheduler: IoSchedulerConfig,
+    /// Local discovery (UDP announcements on the local network, BEHAVIOUR.md §8); `None`
+    /// (the default) leaves it off, as octez's unset `discovery-addr` does.
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
     /// Where `peers.json` is kept when no store is given to the builder; `None` keeps the
     /// pool in memory only.
     pub peers_file: Option<PathBuf>,
@@ -98,6 +101,7 @@ impl NodeConfig {
             pool: PoolConfig::default(),
             policy: PolicyConfig::default(),
             io_scheduler: IoSchedulerConfig::default(),
+            discovery: None,
             peers_file: None,
             seed: None,
             event_capacity: 1024,

@@ -43,6 +43,14 @@ fn notice_stream(id: ConnectionId, mut rx: mpsc::Receiver<Notice>) -> NoticeStre
     }))
 }
 
+/// The next point local discovery heard of; never, when discovery is off.
+async fn discovered(link: &mut Option<DiscoveryLink>) -> Option<peerpool_proto::point::Point> {
+    match link {
+        Some(l) => l.found.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Capacity of each connection's notice channel: a flooding peer waits (its socket is no
 /// longer read) while the owner serves the others in turn.
 const NOTICES_PER_CONNECTION: usize = 4;
@@ -72,17 +80,14 @@ pub(crate) struct Owner<T: Transport, M: AppMessage, P: PeerMetadata> {
     pub stop_welcome: CancellationToken,
     pub saver: Option<mpsc::Sender<SaveJob<P>>>,
     pub commands: mpsc::Receiver<Command<P>>,
-    pub discovery: Option<DiscoveryHandle>,
+    pub discovery: Option<DiscoveryLink>,
 }
 
-/// What the owner can ask of local discovery: announce us now.
-pub(crate) trait Wake: Send + Sync {
-    /// Resets the announcement backoff.
-    fn wake(&self);
+/// Local discovery, when it runs: what the owner asks of it, and the points it hears of.
+pub(crate) struct DiscoveryLink {
+    pub handle: crate::discovery::Discovery,
+    pub found: mpsc::Receiver<peerpool_proto::point::Point>,
 }
-
-/// Local discovery, when it runs.
-pub(crate) type DiscoveryHandle = Arc<dyn Wake>;
 
 /// The owner's working state while running.
 struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
@@ -176,6 +181,10 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                     self.notice(id, notice)
                 }
                 Some((stream, addr)) = self.accepted_rx.recv() => self.incoming(stream, addr),
+                Some(point) = discovered(&mut self.o.discovery) => {
+                    let now = self.now();
+                    self.o.policy.handle_discovered(now, point);
+                }
                 _ = sleep => {}
             }
             self.apply_actions();
@@ -321,7 +330,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                 }
                 Action::WakeDiscovery => {
                     if let Some(d) = &self.o.discovery {
-                        d.wake();
+                        d.handle.wake();
                     }
                 }
                 _ => {}

@@ -133,6 +133,21 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         self.finish(now);
     }
 
+    /// A point heard of through local discovery (BEHAVIOUR.md §8): registered, unless it
+    /// is ours; a maintenance waiting for points looks again.
+    pub fn handle_discovered(&mut self, now: Time, point: Point) {
+        self.clock.set(now);
+        if !self.pool.is_my_point(&point) {
+            self.pool.register_list_of_new_points(
+                now,
+                crate::pool::Medium::Discovery,
+                None,
+                [point],
+            );
+        }
+        self.finish(now);
+    }
+
     /// Replaces a peer's metadata. Errors: [`PoolError::UnknownPeer`].
     pub fn set_peer_metadata(&mut self, peer_id: &PeerId, metadata: M) -> Result<(), PoolError> {
         self.pool.set_peer_metadata(peer_id, metadata)
