@@ -9,6 +9,9 @@
 //! - [`scenario`]: [`Scenario`] (nodes, wiring, duration, faults) and [`run`], which gives
 //!   a [`Report`]: the trace of every node's events stamped with simulated time, the
 //!   connection counts, and the simulated seconds per real second.
+//! - [`cluster`]: [`Cluster`], real nodes on the in-memory network in one paused runtime:
+//!   protocol scenarios (maintenance, swap, Nack referrals …) driven step by step, and
+//!   networks of hundreds of nodes in seconds.
 //!
 //! The same seed gives the same trace, byte for byte: identities, wiring, every node's
 //! RNG, the network's randomness and the churn schedule all come from it, the nodes read
@@ -22,8 +25,10 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod scenario;
 pub mod transport;
 
+pub use cluster::{Cluster, Member};
 pub use scenario::{address, node_of, run, Churn, Partition, Report, Sample, Scenario, Topology};
 pub use transport::SimTransport;

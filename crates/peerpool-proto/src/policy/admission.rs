@@ -111,6 +111,11 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             if !self.pool.is_my_point(&p) {
                 self.pool.register_new_point(now, p);
             }
+            // The attempt's outcome concerns this point from now on (a refusal for another
+            // network forgets it); owning its state comes only with acceptance.
+            if let Some(a) = self.attempts.get_mut(&id) {
+                a.point = Some(p);
+            }
         }
         // 2. The expected peer id of the dial.
         if let (Some(p), Some(e)) = (point, attempt.expected) {
