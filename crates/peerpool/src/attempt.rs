@@ -1,5 +1,6 @@
-//! The I/O of one connection attempt, as futures the owner task polls itself (no task of
-//! their own, no hop between tasks to ask for a decision):
+//! The I/O of one connection attempt, as step futures. The owner runs each step as a
+//! tracked task (so one node's handshakes use every worker thread) and waits for its
+//! outcome; the decision between the steps is a call into the policy, in the owner:
 //!
 //! 1. [`outgoing`] dials (from our listening address) or [`incoming`] takes the accepted
 //!    stream; either registers it with the I/O scheduler and runs the handshake up to the

@@ -70,6 +70,11 @@ pub struct MaintenanceConfig {
     pub max_dials_in_flight: Option<usize>,
     /// Which events wake the maintenance.
     pub triggers: Triggers,
+    /// With the too-few trigger on, also wake the maintenance when a disconnection leaves
+    /// fewer than `min_threshold` (default true). octez only wakes below the raw
+    /// `min_connections` (BEHAVIOUR.md §3.2), so a node that drops into
+    /// `[min_connections, min_threshold)` waits for the idle timer (120 s) to act.
+    pub wake_below_min_threshold: bool,
 }
 
 impl Default for MaintenanceConfig {
@@ -82,17 +87,19 @@ impl Default for MaintenanceConfig {
             looking_for_peers_max: Duration::from_secs(60),
             max_dials_in_flight: Some(10),
             triggers: Triggers::default(),
+            wake_below_min_threshold: true,
         }
     }
 }
 
 impl MaintenanceConfig {
     /// octez's maintenance, for comparisons: every candidate dialled at once, a fixed 5 s
-    /// between empty rounds.
+    /// between empty rounds, woken only below `min_connections`.
     pub fn octez() -> Self {
         MaintenanceConfig {
             looking_for_peers_max: Duration::from_secs(5),
             max_dials_in_flight: None,
+            wake_below_min_threshold: false,
             ..MaintenanceConfig::default()
         }
     }

@@ -269,9 +269,28 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             }
             self.actions.push_back(Action::WakeDiscovery);
         }
+        // Points waiting out their backoff become candidates when it ends: look again
+        // then if that comes first (octez only looks again after its 5 s).
+        let backoff_end = self.earliest_backoff_end(now);
+        let until = now.saturating_add(wait);
         self.maintenance.points_arrived = false;
         self.maintenance.phase = Phase::Asking {
-            until: now.saturating_add(wait),
+            until: backoff_end.map_or(until, |t| t.min(until)),
         };
+    }
+
+    /// The first moment a known point that is only waiting out its backoff can be dialled.
+    fn earliest_backoff_end(&self, now: Time) -> Option<Time> {
+        let private = self.pool.config().private_mode;
+        self.pool
+            .points()
+            .filter(|p| p.state() == crate::pool::PointState::Disconnected)
+            .filter(|p| p.cannot_reconnect_yet(now))
+            .filter(|p| (!private || p.trusted) && !self.pool.point_banned(&p.point()))
+            .filter(|p| !self.pool.is_my_point(&p.point()))
+            .filter_map(|p| p.greylisted_until())
+            .min()
+            // `cannot_reconnect_yet` holds while `now <= end`: look just after the end.
+            .map(|t| t.saturating_add(std::time::Duration::from_nanos(1)))
     }
 }

@@ -410,6 +410,16 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 _ => {}
             }
         }
+        // A node that fell below min_threshold since its last cycle acts now, not at the
+        // next idle tick (octez waits for it unless below min_connections).
+        let mc = &self.config.maintenance;
+        if triggers.too_few
+            && mc.wake_below_min_threshold
+            && matches!(self.maintenance.phase, maintenance::Phase::Idle)
+            && self.live() < self.maintenance.bounds.min_threshold
+        {
+            self.maintenance.wake = true;
+        }
         self.trim(now);
         if self.active && !self.stopping && self.maintenance.wake && self.config.maintenance.enabled
         {

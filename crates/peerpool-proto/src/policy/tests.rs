@@ -279,6 +279,10 @@ fn nack_points_are_registered_unless_discovery_is_off() {
             Some(PointState::Disconnected)
         );
         assert_eq!(p.pool().peer_state(&peer(1)), Some(PeerState::Disconnected));
+        // A Nack is a miss: the point backs off.
+        let info = p.pool().point(&point(1)).unwrap();
+        assert!(info.cannot_reconnect_yet(t(1)));
+        assert_eq!(info.last_miss(), Some(t(1)));
     }
 }
 
@@ -526,13 +530,14 @@ fn the_maintenance_dials_a_trusted_point_and_retries_after_its_wait() {
         other => panic!("{other:?}"),
     };
     p.handle_attempt_failed(t(0), id, AttemptFailure::Connect);
-    // Nothing else to dial: the maintenance waits 5 s (the point's own backoff is 1 s),
-    // then tries again.
+    // Nothing else to dial: the maintenance waits for the end of the point's backoff (1 s;
+    // octez would wait 5 s), then tries again.
     assert!(!drain(&mut p)
         .iter()
         .any(|a| matches!(a, Action::Dial { .. })));
-    assert_eq!(p.poll_timeout(), Some(t(5)));
-    p.handle_timeout(t(5));
+    let next = p.poll_timeout().unwrap();
+    assert!(next > t(1) && next < t(2), "{next:?}");
+    p.handle_timeout(next);
     assert!(drain(&mut p)
         .iter()
         .any(|a| matches!(a, Action::Dial { point: q, .. } if *q == point(1))));

@@ -294,6 +294,48 @@ fn the_idle_timer_and_the_too_few_trigger_wake_the_maintenance_unless_turned_off
 }
 
 #[test]
+fn falling_below_min_threshold_wakes_the_maintenance_unlike_octez() {
+    for octez in [false, true] {
+        let maintenance = if octez {
+            MaintenanceConfig::octez()
+        } else {
+            MaintenanceConfig::default()
+        };
+        let config = PolicyConfig {
+            maintenance,
+            ..PolicyConfig::default()
+        };
+        // 4/8/12: min_threshold 5, min_target 6.
+        let mut p = policy(4, 8, 12, config);
+        let b = p.bounds();
+        assert_eq!((b.min_threshold, b.min_target), (5, 6));
+        learn(&mut p, 6);
+        p.activate(t(0));
+        let mut ids = Vec::new();
+        for (id, pt) in dials(&drain(&mut p)) {
+            succeed(&mut p, t(0), id, pt);
+            ids.push(id);
+        }
+        drain(&mut p);
+        assert_eq!(p.connection_count(), 6);
+        // Two disconnections leave 4: not below min_connections, below min_threshold.
+        for id in &ids[..2] {
+            p.handle_closed(t(10), *id, ClosedBy::Peer);
+        }
+        p.pool.register_point(t(10), known(50), None, None);
+        p.handle_timeout(t(11));
+        let redialled = dials(&drain(&mut p));
+        if octez {
+            assert!(redialled.is_empty(), "octez waits for its idle timer");
+            assert_eq!(p.poll_timeout(), Some(t(120)));
+        } else {
+            assert_eq!(redialled.len(), 1, "the new point, the others back off");
+            assert_eq!(redialled[0].1, known(50));
+        }
+    }
+}
+
+#[test]
 fn private_mode_dials_trusted_points_only_and_asks_nothing_of_peers() {
     let mut pool = PoolConfig {
         min_connections: 2,

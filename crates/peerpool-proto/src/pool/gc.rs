@@ -14,11 +14,15 @@ impl<M: PeerMeta> Pool<M> {
     /// Removes Disconnected, untrusted points with the oldest `last_miss` (never missed
     /// counts as "now": last) until at most `target` remain, or none of them is left.
     /// Returns how many were removed.
-    pub fn gc_points(&mut self) -> usize {
-        self.gc_points_to(self.config.max_known_points.1)
+    ///
+    /// A point still waiting out its backoff at `now` is kept: octez may drop it and learn
+    /// it again, fresh, from the next Advertise or Nack, and then dial it at once, so a full
+    /// table turns every refusal into a redial (found by the convergence benchmark).
+    pub fn gc_points(&mut self, now: Time) -> usize {
+        self.gc_points_to(now, self.config.max_known_points.1)
     }
 
-    pub(super) fn gc_points_to(&mut self, target: usize) -> usize {
+    pub(super) fn gc_points_to(&mut self, now: Time, target: usize) -> usize {
         let excess = self.known_points.len().saturating_sub(target);
         if excess == 0 {
             return 0;
@@ -26,7 +30,9 @@ impl<M: PeerMeta> Pool<M> {
         let mut candidates: Vec<(Time, Point)> = self
             .known_points
             .values()
-            .filter(|p| !p.trusted && p.state() == PointState::Disconnected)
+            .filter(|p| {
+                !p.trusted && p.state() == PointState::Disconnected && !p.cannot_reconnect_yet(now)
+            })
             .map(|p| {
                 (
                     p.last_miss()

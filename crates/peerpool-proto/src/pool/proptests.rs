@@ -71,9 +71,11 @@ struct Model {
     trusted: HashSet<Point>,
 }
 
-fn collectable_points(pool: &Pool<()>) -> usize {
+fn collectable_points(pool: &Pool<()>, now: Time) -> usize {
     pool.points()
-        .filter(|p| !p.trusted && p.state() == PointState::Disconnected)
+        .filter(|p| {
+            !p.trusted && p.state() == PointState::Disconnected && !p.cannot_reconnect_yet(now)
+        })
         .count()
 }
 
@@ -178,10 +180,10 @@ fn run(ops: Vec<Op>, seed: u64) {
             }
             Op::Advance(s) => now = now.saturating_add(Duration::from_secs(s)),
             Op::GcPoints => {
-                pool.gc_points();
+                pool.gc_points(now);
                 check_after_gc(
                     pool.known_points_len(),
-                    collectable_points(&pool),
+                    collectable_points(&pool, now),
                     MAX_POINTS.1,
                     false,
                 );
@@ -215,7 +217,7 @@ fn run(ops: Vec<Op>, seed: u64) {
         if events.contains(&P2pEvent::GcPoints) {
             check_after_gc(
                 pool.known_points_len(),
-                collectable_points(&pool),
+                collectable_points(&pool, now),
                 MAX_POINTS.1,
                 true,
             );
@@ -230,7 +232,7 @@ fn run(ops: Vec<Op>, seed: u64) {
         }
 
         // Tables never exceed max, except with entries that cannot be collected.
-        let non_collectable = pool.known_points_len() - collectable_points(&pool);
+        let non_collectable = pool.known_points_len() - collectable_points(&pool, now);
         assert!(pool.known_points_len() <= MAX_POINTS.0.max(non_collectable + 1));
         let non_collectable = pool.known_peer_ids_len() - collectable_peers(&pool);
         assert!(pool.known_peer_ids_len() <= MAX_PEERS.0.max(non_collectable + 1));

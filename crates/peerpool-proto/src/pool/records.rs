@@ -115,7 +115,7 @@ impl<M: PeerMeta> Pool<M> {
             self.gc_peer_ids();
         }
         if self.known_points.len() > self.config.max_known_points.0 {
-            self.gc_points();
+            self.gc_points(now);
         }
         added
     }

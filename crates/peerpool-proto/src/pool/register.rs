@@ -89,7 +89,7 @@ impl<M: PeerMeta> Pool<M> {
             if self.known_points.len() >= max {
                 // Leave room for the new point so the table ends at `target` (octez ends one
                 // above it, issue 3175).
-                self.gc_points_to(target - 1);
+                self.gc_points_to(now, target - 1);
             }
             self.known_points
                 .insert(point, PointInfo::new(point, trusted.unwrap_or(false), None));
@@ -108,9 +108,20 @@ impl<M: PeerMeta> Pool<M> {
     /// [`Pool::register_point`] for points learned from the network (Advertise, Nack,
     /// incoming connections, discovery): refuses our own points. Returns whether the point
     /// is new. No other validation, as in octez: filtering happens when dialling.
+    ///
+    /// When the table is full and its GC finds nothing to remove (every point is
+    /// connected, trusted or backing off), the point is not registered: the table stays
+    /// bounded and keeps the history of the points it has.
     pub fn register_new_point(&mut self, now: Time, point: Point) -> bool {
         if self.my_id_points.contains(&point) {
             return false;
+        }
+        let (max, target) = self.config.max_known_points;
+        if !self.known_points.contains_key(&point) && self.known_points.len() >= max {
+            self.gc_points_to(now, target - 1);
+            if self.known_points.len() >= max {
+                return false;
+            }
         }
         self.register_point(now, point, None, None).new
     }

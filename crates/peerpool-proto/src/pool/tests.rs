@@ -152,7 +152,36 @@ fn points_gc_never_removes_trusted_or_connected_points() {
         p.register_point(t(0), pt(i), Some(true), None);
     }
     assert_eq!(p.known_points_len(), 6);
-    assert_eq!(p.gc_points(), 0);
+    assert_eq!(p.gc_points(t(0)), 0);
+}
+
+#[test]
+fn points_gc_keeps_points_backing_off_and_a_full_table_refuses_network_points() {
+    let mut p = pool_with(PoolConfig {
+        max_known_points: (4, 3),
+        ..PoolConfig::default()
+    });
+    for i in 0..4 {
+        p.register_point(t(0), pt(i), None, None);
+        p.set_point_requested(t(0), &pt(i)).unwrap();
+        p.set_point_disconnected(t(1), &pt(i), false).unwrap();
+        assert!(p.point(&pt(i)).unwrap().cannot_reconnect_yet(t(1)));
+    }
+    // Every point is backing off: nothing to collect, the advertised point is refused and
+    // the failed points keep their history (octez would forget one and redial it fresh).
+    assert!(!p.register_new_point(t(1), pt(10)));
+    assert!(p.point(&pt(10)).is_none());
+    assert_eq!(p.known_points_len(), 4);
+    assert_eq!(p.gc_points(t(1)), 0);
+    // A point the operator adds is always registered.
+    assert!(p.register_point(t(1), pt(11), None, None).new);
+    assert_eq!(p.known_points_len(), 5);
+    // Once the backoffs are over the GC collects the oldest misses as before.
+    let later = t(3600);
+    assert!(!p.point(&pt(0)).unwrap().cannot_reconnect_yet(later));
+    assert!(p.register_new_point(later, pt(12)));
+    assert!(p.known_points_len() <= 4);
+    assert!(p.point(&pt(12)).is_some());
 }
 
 #[derive(Debug, Clone, PartialEq)]
