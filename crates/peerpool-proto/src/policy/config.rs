@@ -75,6 +75,9 @@ pub struct MaintenanceConfig {
     /// `min_connections` (BEHAVIOUR.md §3.2), so a node that drops into
     /// `[min_connections, min_threshold)` waits for the idle timer (120 s) to act.
     pub wake_below_min_threshold: bool,
+    /// End the wait for points when the first known point's backoff ends, if that comes
+    /// before `looking_for_peers` (default true; octez waits its 5 s).
+    pub wake_at_backoff_end: bool,
 }
 
 impl Default for MaintenanceConfig {
@@ -88,18 +91,21 @@ impl Default for MaintenanceConfig {
             max_dials_in_flight: Some(10),
             triggers: Triggers::default(),
             wake_below_min_threshold: true,
+            wake_at_backoff_end: true,
         }
     }
 }
 
 impl MaintenanceConfig {
     /// octez's maintenance, for comparisons: every candidate dialled at once, a fixed 5 s
-    /// between empty rounds, woken only below `min_connections`.
+    /// between rounds that found nothing to dial (new points end the wait, backoffs do
+    /// not), woken only below `min_connections`.
     pub fn octez() -> Self {
         MaintenanceConfig {
             looking_for_peers_max: Duration::from_secs(5),
             max_dials_in_flight: None,
             wake_below_min_threshold: false,
+            wake_at_backoff_end: false,
             ..MaintenanceConfig::default()
         }
     }

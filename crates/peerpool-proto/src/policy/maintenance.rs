@@ -271,7 +271,11 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         }
         // Points waiting out their backoff become candidates when it ends: look again
         // then if that comes first (octez only looks again after its 5 s).
-        let backoff_end = self.earliest_backoff_end(now);
+        let backoff_end = if self.config.maintenance.wake_at_backoff_end {
+            self.earliest_backoff_end(now)
+        } else {
+            None
+        };
         let until = now.saturating_add(wait);
         self.maintenance.points_arrived = false;
         self.maintenance.phase = Phase::Asking {

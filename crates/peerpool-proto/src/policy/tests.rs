@@ -513,34 +513,44 @@ fn a_private_peers_bootstrap_and_everything_without_discovery_is_ignored() {
 
 #[test]
 fn the_maintenance_dials_a_trusted_point_and_retries_after_its_wait() {
-    let mut pool = pool_config();
-    pool.min_connections = 1;
-    let mut p = policy_with(pool, PolicyConfig::default(), 100);
-    p.add_trusted_point(t(0), point(1), None);
-    // Not active yet: nothing is dialled.
-    assert!(!drain(&mut p)
-        .iter()
-        .any(|a| matches!(a, Action::Dial { .. })));
-    p.activate(t(0));
-    let id = match drain(&mut p)
-        .iter()
-        .find(|a| matches!(a, Action::Dial { .. }))
-    {
-        Some(Action::Dial { id, point: q }) if *q == point(1) => *id,
-        other => panic!("{other:?}"),
-    };
-    p.handle_attempt_failed(t(0), id, AttemptFailure::Connect);
-    // Nothing else to dial: the maintenance waits for the end of the point's backoff (1 s;
-    // octez would wait 5 s), then tries again.
-    assert!(!drain(&mut p)
-        .iter()
-        .any(|a| matches!(a, Action::Dial { .. })));
-    let next = p.poll_timeout().unwrap();
-    assert!(next > t(1) && next < t(2), "{next:?}");
-    p.handle_timeout(next);
-    assert!(drain(&mut p)
-        .iter()
-        .any(|a| matches!(a, Action::Dial { point: q, .. } if *q == point(1))));
+    for octez in [false, true] {
+        let mut pool = pool_config();
+        pool.min_connections = 1;
+        let mut config = PolicyConfig::default();
+        if octez {
+            config.maintenance = MaintenanceConfig::octez();
+        }
+        let mut p = policy_with(pool, config, 100);
+        p.add_trusted_point(t(0), point(1), None);
+        // Not active yet: nothing is dialled.
+        assert!(!drain(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. })));
+        p.activate(t(0));
+        let id = match drain(&mut p)
+            .iter()
+            .find(|a| matches!(a, Action::Dial { .. }))
+        {
+            Some(Action::Dial { id, point: q }) if *q == point(1) => *id,
+            other => panic!("{other:?}"),
+        };
+        p.handle_attempt_failed(t(0), id, AttemptFailure::Connect);
+        // Nothing else to dial: the maintenance waits for the end of the point's backoff
+        // (1 s); octez waits its 5 s. Then it tries again.
+        assert!(!drain(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. })));
+        let next = p.poll_timeout().unwrap();
+        if octez {
+            assert_eq!(next, t(5));
+        } else {
+            assert!(next > t(1) && next < t(2), "{next:?}");
+        }
+        p.handle_timeout(next);
+        assert!(drain(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { point: q, .. } if *q == point(1))));
+    }
 }
 
 #[test]
