@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 pub mod connection_message;
+pub mod connmgr;
 pub mod crypto;
 pub mod discovery;
 pub mod encoding;
