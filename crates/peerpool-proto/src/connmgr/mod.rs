@@ -81,6 +81,8 @@ struct ConnEntry {
     netgroup: Netgroup,
     /// The netgroup under the manager's secret key.
     keyed_netgroup: u64,
+    /// Exempt from the per-netgroup share (loopback, with `exempt_loopback`).
+    exempt: bool,
     direction: Direction,
     opened: Time,
 }
@@ -389,6 +391,14 @@ impl ConnManager {
         }
     }
 
+    /// The sum of `peer`'s tags at `now` (decaying ones decayed), without the rest of
+    /// [`ConnManager::tag_info`]. `None` for a peer the manager does not know. O(1) unless
+    /// a decaying tag has ticks to apply.
+    pub fn peer_value(&mut self, now: Time, peer: &PeerId) -> Option<i64> {
+        let s = self.slot(peer)?;
+        Some(self.value_of(s, now))
+    }
+
     /// What the manager knows of `peer` at `now` (go-libp2p `GetTagInfo`), with what
     /// protects it. `None` for a peer it does not know.
     pub fn tag_info(&mut self, now: Time, peer: &PeerId) -> Option<TagInfo> {
@@ -549,6 +559,9 @@ impl ConnManager {
         if !self.is_active() {
             return false;
         }
+        if self.limits.exempt_loopback && ip.is_loopback() {
+            return false;
+        }
         let netgroup = Netgroup::of(ip);
         let incoming = self.groups.get(&netgroup).map_or(0, |g| g.incoming) + pending;
         let full = incoming >= self.limits.per_netgroup;
@@ -592,6 +605,7 @@ impl ConnManager {
             peer_id: peer,
             netgroup,
             keyed_netgroup: keyed(self.salt, netgroup),
+            exempt: self.limits.exempt_loopback && ip.is_loopback(),
             direction,
             opened: now,
         });

@@ -251,7 +251,7 @@ impl ConnManager {
         }
         for c in cands {
             let young = now.saturating_duration_since(c.opened) < self.limits.grace;
-            let over_share = c.group_size > self.limits.per_netgroup;
+            let over_share = !self.conns[c.idx].exempt && c.group_size > self.limits.per_netgroup;
             if young && !over_share {
                 shields.entry(c.idx).or_insert(ProtectionRule::Grace);
             }

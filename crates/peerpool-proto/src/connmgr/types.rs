@@ -40,6 +40,10 @@ pub struct ConnManagerConfig {
     /// time, recent useful messages, uptime; default 4), at most an eighth of the
     /// candidates each.
     pub protect_per_category: usize,
+    /// Loopback addresses (127/8, ::1) are exempt from the per-netgroup incoming cap and
+    /// from losing their grace for it (default true): a local test network or sandbox
+    /// runs every node from 127.0.0.1. Tests of the cap over real sockets turn it off.
+    pub exempt_loopback: bool,
 }
 
 impl Default for ConnManagerConfig {
@@ -53,6 +57,7 @@ impl Default for ConnManagerConfig {
             max_incoming_per_netgroup: None,
             temporary_tag_ttl: Duration::from_secs(10),
             protect_per_category: 4,
+            exempt_loopback: true,
         }
     }
 }
@@ -102,6 +107,7 @@ impl ConnManagerConfig {
             per_netgroup,
             temporary_ttl: self.temporary_tag_ttl,
             per_category: self.protect_per_category,
+            exempt_loopback: self.exempt_loopback,
         })
     }
 }
@@ -125,6 +131,8 @@ pub struct Limits {
     pub temporary_ttl: Duration,
     /// Connections protected per eviction category.
     pub per_category: usize,
+    /// See [`ConnManagerConfig::exempt_loopback`].
+    pub exempt_loopback: bool,
 }
 
 /// What the manager refuses.

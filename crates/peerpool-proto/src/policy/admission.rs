@@ -180,13 +180,34 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 Err(e) => return Admission::Close(e),
             }
         }
-        // 6. Slots: the cap on established incoming connections (so strangers cannot take
-        // the slots the node needs for its own dials), then the slot limit.
-        if !takeover && incoming && self.incoming_count() >= self.max_incoming {
-            return self.nack(NackMotive::TooManyConnections, point);
+        // 6. Slots: the connection manager's share per netgroup (issue 9 §5: a netgroup
+        // that holds its share of incoming connections takes no more), the cap on
+        // established incoming connections (so strangers cannot take the slots the node
+        // needs for its own dials), then the slot limit.
+        if !takeover && incoming {
+            let ip = attempt.remote_addr.ip();
+            let pending = self.pending_incoming_in_netgroup(ip);
+            if self.manager.netgroup_full(ip, pending) {
+                return self.nack(NackMotive::TooManyConnections, point);
+            }
         }
-        let live = self.live();
-        if !takeover && live + self.pending.len() >= self.slot_limit {
+        let incoming_full = !takeover && incoming && self.incoming_count() >= self.max_incoming;
+        let slots_full = !takeover && self.live() + self.pending.len() >= self.slot_limit;
+        if (incoming_full || slots_full) && self.manager.is_active() {
+            // Evict-to-admit (issue 9 §6): an incoming newcomer from a netgroup we have no
+            // connection in takes the slot of the worst evictable incoming connection.
+            let victim = if incoming {
+                self.manager.evict_for(now, attempt.remote_addr.ip())
+            } else {
+                None
+            };
+            match victim {
+                Some(v) => self.close(v.id, DisconnectReason::Evicted),
+                None => return self.nack(NackMotive::TooManyConnections, point),
+            }
+        } else if incoming_full {
+            return self.nack(NackMotive::TooManyConnections, point);
+        } else if slots_full {
             let candidate = Candidate {
                 peer_id,
                 remote_addr: attempt.remote_addr,
@@ -222,6 +243,20 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             a.peer_id = Some(peer_id);
         }
         Admission::Accept(version)
+    }
+
+    /// Incoming attempts admitted (not yet running) from `ip`'s netgroup.
+    fn pending_incoming_in_netgroup(&self, ip: std::net::IpAddr) -> usize {
+        let group = crate::netgroup::Netgroup::of(ip);
+        self.pending
+            .values()
+            .filter(|id| {
+                self.attempts.get(id).is_some_and(|a| {
+                    a.direction == Direction::Incoming
+                        && crate::netgroup::Netgroup::of(a.remote_addr.ip()) == group
+                })
+            })
+            .count()
     }
 
     /// Incoming connections running or admitted (the closing ones excepted).

@@ -246,6 +246,18 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             self.config.advertise_rate,
             self.config.swap_rate,
         );
+        let trusted = attempt
+            .point
+            .is_some_and(|p| self.pool.point(&p).is_some_and(|i| i.trusted))
+            || self.pool.peer(&peer_id).is_some_and(|p| p.trusted);
+        self.manager.connection_opened(
+            now,
+            id,
+            peer_id,
+            attempt.remote_addr.ip(),
+            attempt.direction,
+            trusted,
+        );
         self.connections.insert(id, Connection { view, limits });
         self.by_peer.insert(peer_id, id);
         if let Some(score) = self.pool.score(&peer_id) {
@@ -364,6 +376,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn handle_closed(&mut self, now: Time, id: ConnectionId, by: ClosedBy) {
         self.clock.set(now);
         let requested = self.closing.remove(&id) || by == ClosedBy::Us;
+        self.manager.connection_closed(now, id);
         let Some(conn) = self.connections.remove(&id) else {
             self.finish(now);
             return;

@@ -191,6 +191,9 @@ pub struct PolicyConfig {
     pub peers_file_interval: Option<Duration>,
     /// The maintenance.
     pub maintenance: MaintenanceConfig,
+    /// The connection manager (trims, evict-to-admit, per-netgroup cap; issue 9). Its
+    /// watermarks default to the maintenance's `max_target` / `max_threshold`.
+    pub conn_manager: crate::connmgr::ConnManagerConfig,
 }
 
 impl Default for PolicyConfig {
@@ -218,6 +221,7 @@ impl Default for PolicyConfig {
             swap_linger: Some(Duration::from_secs(30)),
             peers_file_interval: Some(Duration::from_secs(300)),
             maintenance: MaintenanceConfig::default(),
+            conn_manager: crate::connmgr::ConnManagerConfig::default(),
         }
     }
 }

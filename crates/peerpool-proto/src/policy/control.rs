@@ -27,6 +27,11 @@ impl InputClock {
         // Never backwards: the limiter's arithmetic assumes a monotonic clock.
         self.0.fetch_max(nanos, Ordering::Relaxed);
     }
+
+    /// The last `now` given, as pool time.
+    pub(super) fn time(&self) -> Time {
+        Time::from_unix(Duration::from_nanos(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 impl Clock for InputClock {

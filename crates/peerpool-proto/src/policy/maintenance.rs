@@ -176,9 +176,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         self.maintenance.empty_rounds = 0;
         if n > b.max_threshold {
             self.pool.push_event(P2pEvent::TooManyConnections);
-            let views = self.live_views();
             let excess = n - b.max_target;
-            let victims = self.victims.choose(now, &views, excess, &mut self.rng);
+            let victims = self.choose_victims(now, excess);
             for id in victims.into_iter().take(excess) {
                 self.close(id, DisconnectReason::TooManyConnections);
             }

@@ -55,6 +55,8 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_connmgr;
+#[cfg(test)]
 mod tests_maintenance;
 
 pub use attempts::weight_of_score;
@@ -72,6 +74,7 @@ pub use types::{
 };
 
 use crate::connection_message::SupportedVersions;
+use crate::connmgr::{ConnManager, ConnManagerEvent};
 use crate::handshake::Direction;
 use crate::identity::PeerId;
 use crate::point::Point;
@@ -144,6 +147,9 @@ pub struct ConnectionPolicy<M> {
     admission_hook: Box<dyn AdmissionHook>,
     victims: Box<dyn VictimPolicy>,
     planner: Box<dyn DialPlanner<M>>,
+    /// The connection manager: when active, it chooses every trim and eviction (the
+    /// victim policy and admission hook above serve the no-op manager).
+    manager: ConnManager,
 }
 
 impl<M> std::fmt::Debug for ConnectionPolicy<M> {
@@ -184,6 +190,12 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             },
         );
         let bounds = Bounds::new(min, expected, max)?;
+        let limits = config.conn_manager.limits(&bounds, max).map_err(|_| {
+            PolicyConfigError::new(
+                "conn_manager.low_water / high_water / protection_budget",
+                "needs 1 <= low <= high <= max_connections and protection_budget <= low",
+            )
+        })?;
         let slot_limit = max;
         let max_incoming = config
             .max_incoming_connections
@@ -192,11 +204,13 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         let clock = InputClock::default();
         clock.set(now);
         let next_save = config.peers_file_interval.map(|d| now.saturating_add(d));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let manager = ConnManager::new(limits, rand::RngCore::next_u64(&mut rng));
         Ok(ConnectionPolicy {
             config,
             versions,
             pool,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             clock,
             local_peer_id,
             active: false,
@@ -219,7 +233,65 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             admission_hook: Box::new(RefuseWhenFull),
             victims: Box::new(RandomVictims),
             planner: Box::new(OctezCandidates),
+            manager,
         })
+    }
+
+    /// The connection manager, read-only.
+    pub fn conn_manager(&self) -> &ConnManager {
+        &self.manager
+    }
+
+    /// Runs `f` on the connection manager (tags, protection, decaying tags), then acts on
+    /// what changed like any other input (a trim if the count is above high).
+    pub fn with_conn_manager<T>(
+        &mut self,
+        now: Time,
+        f: impl FnOnce(&mut ConnManager, Time) -> T,
+    ) -> T {
+        self.clock.set(now);
+        let out = f(&mut self.manager, now);
+        self.finish(now);
+        out
+    }
+
+    /// Closes connections down to the low watermark now (go-libp2p `TrimOpenConns`),
+    /// chosen by the connection manager; returns how many. Nothing with the no-op
+    /// manager.
+    pub fn trim_open_conns(&mut self, now: Time) -> usize {
+        self.clock.set(now);
+        let victims = self.manager.trim(now, self.live());
+        let n = victims.len();
+        for v in victims {
+            self.close(v.id, DisconnectReason::TooManyConnections);
+        }
+        self.finish(now);
+        n
+    }
+
+    /// Up to `count` victims for a "too many" step: the manager's ranking when it is
+    /// active, else the victim policy.
+    fn choose_victims(&mut self, now: Time, count: usize) -> Vec<ConnectionId> {
+        if self.manager.is_active() {
+            let victims = self.manager.victims(now, count);
+            for v in &victims {
+                self.actions
+                    .push_back(Action::Event(PolicyEvent::ConnManager(
+                        ConnManagerEvent::Trimmed(v.clone()),
+                    )));
+            }
+            victims.into_iter().map(|v| v.id).collect()
+        } else {
+            let views = self.live_views();
+            self.victims.choose(now, &views, count, &mut self.rng)
+        }
+    }
+
+    /// Tells the manager which connections are trusted now (after a trust change).
+    fn sync_trust(&mut self) {
+        for v in self.live_views() {
+            self.manager.set_trusted(&v.peer_id, v.trusted);
+        }
     }
 
     /// Replaces the admission hook (what a full node does with one more good peer).
@@ -394,6 +466,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
 
     fn close(&mut self, id: ConnectionId, reason: DisconnectReason) {
         if self.connections.contains_key(&id) && self.closing.insert(id) {
+            // A closing connection no longer counts for the manager.
+            self.manager.connection_closed(self.clock.time(), id);
             self.actions.push_back(Action::Close { id, reason });
         }
     }
@@ -421,6 +495,12 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             self.maintenance.wake = true;
         }
         self.trim(now);
+        let live = self.live();
+        if self.manager.excess(live) > 0 {
+            for v in self.manager.trim(now, live) {
+                self.close(v.id, DisconnectReason::TooManyConnections);
+            }
+        }
         if self.active && !self.stopping && self.maintenance.wake && self.config.maintenance.enabled
         {
             self.run_maintenance(now);
@@ -429,6 +509,10 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         while let Some(event) = self.pool.poll_event() {
             self.actions
                 .push_back(Action::Event(PolicyEvent::Pool(event)));
+        }
+        while let Some(event) = self.manager.poll_event() {
+            self.actions
+                .push_back(Action::Event(PolicyEvent::ConnManager(event)));
         }
     }
 
@@ -439,8 +523,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         if live <= max {
             return;
         }
-        let views = self.live_views();
-        let victims = self.victims.choose(now, &views, live - max, &mut self.rng);
+        let victims = self.choose_victims(now, live - max);
         for id in victims.into_iter().take(live - max) {
             self.close(id, DisconnectReason::TooManyConnections);
         }

@@ -100,6 +100,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         self.clock.set(now);
         self.pool.trust_point(now, point);
         self.new_candidate();
+        self.sync_trust();
         self.finish(now);
     }
 
@@ -107,6 +108,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn open_point(&mut self, now: Time, point: &Point) {
         self.clock.set(now);
         self.pool.open_point(point);
+        self.sync_trust();
         self.finish(now);
     }
 
@@ -114,6 +116,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn trust_peer(&mut self, now: Time, peer_id: PeerId) {
         self.clock.set(now);
         self.pool.trust_peer(now, peer_id);
+        self.sync_trust();
         self.finish(now);
     }
 
@@ -121,6 +124,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     pub fn open_peer(&mut self, now: Time, peer_id: &PeerId) {
         self.clock.set(now);
         self.pool.open_peer(peer_id);
+        self.sync_trust();
         self.finish(now);
     }
 

@@ -288,7 +288,13 @@ fn nack_points_are_registered_unless_discovery_is_off() {
 
 #[test]
 fn a_full_node_nacks_with_referrals_or_evicts_through_its_hook() {
-    let mut p = policy();
+    // The admission hook serves the no-op connection manager (octez's behaviour); the
+    // manager's own evict-to-admit is in `tests_connmgr`.
+    let config = PolicyConfig {
+        conn_manager: crate::connmgr::ConnManagerConfig::disabled(),
+        ..PolicyConfig::default()
+    };
+    let mut p = policy_with(pool_config(), config, 100);
     for n in 1..=4 {
         establish_outgoing(&mut p, n, t(0));
     }

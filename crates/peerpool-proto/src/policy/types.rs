@@ -229,6 +229,9 @@ pub struct ConnectionView {
 pub enum PolicyEvent {
     /// An event of the pool (`/network/log`, BEHAVIOUR.md §11).
     Pool(P2pEvent),
+    /// An event of the connection manager: a connection opened or closed, a trim or an
+    /// eviction with its rule, a netgroup refused.
+    ConnManager(crate::connmgr::ConnManagerEvent),
     /// A peer sent Bootstrap; these points were sent back in an Advertise (empty: none).
     BootstrapAnswered {
         /// The peer.
