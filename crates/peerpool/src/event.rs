@@ -81,12 +81,16 @@ pub enum NodeEvent {
     PeersFileSaved(Result<(), StoreError>),
     /// An event of the pool (BEHAVIOUR.md §11), in the pool's order.
     Pool(P2pEvent),
+    /// An event of the connection manager: connection opened or closed (go-libp2p's
+    /// Notifiee), a trim or an eviction with the rule that chose it, a netgroup refused.
+    ConnManager(peerpool_proto::connmgr::ConnManagerEvent),
 }
 
 impl NodeEvent {
     pub(crate) fn from_policy(event: PolicyEvent) -> Option<Self> {
         Some(match event {
             PolicyEvent::Pool(e) => NodeEvent::Pool(e),
+            PolicyEvent::ConnManager(e) => NodeEvent::ConnManager(e),
             PolicyEvent::BootstrapAnswered { peer_id, points } => {
                 NodeEvent::BootstrapAnswered { peer_id, points }
             }

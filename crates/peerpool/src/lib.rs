@@ -97,6 +97,7 @@
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod conn_manager;
 pub mod connection;
 pub mod discovery;
 pub mod error;
@@ -117,6 +118,7 @@ mod welcome;
 
 pub use builder::NodeBuilder;
 pub use config::{ConfigError, NodeConfig, ValidConfig};
+pub use conn_manager::ConnManagerHandle;
 pub use connection::{CloseReason, Connection, ConnectionInfo, QueueConfig};
 pub use error::{ConnectError, SendError, StartError, TrySendError};
 pub use event::{EventError, Events, NodeEvent};

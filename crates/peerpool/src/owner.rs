@@ -257,6 +257,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                 let _ = reply.send(policy.set_peer_metadata(&peer_id, metadata));
             }
             Command::Query(f) => f(policy, now),
+            Command::Change(f) => f(policy, now),
             Command::Maintain { reply } => {
                 self.maintain_waiters.push(reply);
                 policy.maintain(now);

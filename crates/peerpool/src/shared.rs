@@ -23,6 +23,9 @@ use tokio_util::task::TaskTracker;
 
 pub(crate) type Query<P> = Box<dyn FnOnce(&ConnectionPolicy<P>, Time) + Send>;
 
+/// A change through the policy (the connection manager's API), then acted on.
+pub(crate) type Change<P> = Box<dyn FnOnce(&mut ConnectionPolicy<P>, Time) + Send>;
+
 /// What handles ask of the owner task.
 pub(crate) enum Command<P> {
     Activate,
@@ -58,6 +61,7 @@ pub(crate) enum Command<P> {
         reply: oneshot::Sender<Result<(), PoolError>>,
     },
     Query(Query<P>),
+    Change(Change<P>),
     SavePeers {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },

@@ -231,7 +231,9 @@ async fn a_node_buffers_at_most_its_budget_and_pushes_back_on_its_peers() {
     let mut sessions = Vec::new();
     let mut ids = HashSet::new();
     for client in 0..CLIENTS {
-        let from = SocketAddr::from((Ipv4Addr::new(10, 0, 0, client as u8 + 1), 40_000));
+        // Each from a netgroup of its own: one /16 takes at most its share of incoming
+        // connections (the connection manager's cap).
+        let from = SocketAddr::from((Ipv4Addr::new(10, client as u8 + 1, 0, 1), 40_000));
         let stream = pipes.dial(from);
         let identity = identity(100 + client as u64);
         ids.insert(identity.peer_id);
