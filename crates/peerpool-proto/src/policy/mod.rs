@@ -65,8 +65,8 @@ pub use config::{
     DEFAULT_EXPECTED_CONNECTIONS,
 };
 pub use plugins::{
-    AdmissionHook, Candidate, DialPlanner, OctezCandidates, PlanContext, RandomVictims,
-    RefuseWhenFull, VictimPolicy,
+    AdmissionHook, Candidate, DialPlanner, DiverseCandidates, OctezCandidates, PlanContext,
+    RandomVictims, RefuseWhenFull, VictimPolicy,
 };
 pub use types::{
     Action, Admission, AttemptFailure, AuthenticatedPeer, ClosedBy, ConnectionId, ConnectionView,
@@ -232,7 +232,11 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             max_incoming,
             admission_hook: Box::new(RefuseWhenFull),
             victims: Box::new(RandomVictims),
-            planner: Box::new(OctezCandidates),
+            planner: if limits.enabled {
+                Box::new(DiverseCandidates)
+            } else {
+                Box::new(OctezCandidates)
+            },
             manager,
         })
     }

@@ -113,6 +113,32 @@ pub trait DialPlanner<M>: fmt::Debug + Send {
     fn candidates(&mut self, now: Time, ctx: &PlanContext<'_, M>) -> Vec<Point>;
 }
 
+/// [`OctezCandidates`]' choice, but points from netgroups the node has no connection in
+/// come first (issue 9 §5: outbound dials toward new networks, so an attacker who owns a
+/// few netgroups cannot take every outgoing slot). The default with the connection
+/// manager.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiverseCandidates;
+
+impl<M: PeerMeta> DialPlanner<M> for DiverseCandidates {
+    fn candidates(&mut self, now: Time, ctx: &PlanContext<'_, M>) -> Vec<Point> {
+        let connected: std::collections::BTreeSet<crate::netgroup::Netgroup> = ctx
+            .connections
+            .iter()
+            .map(|c| crate::netgroup::Netgroup::of(c.remote_addr.ip()))
+            .collect();
+        let all = PlanContext {
+            wanted: usize::MAX,
+            ..*ctx
+        };
+        let mut v = OctezCandidates.candidates(now, &all);
+        // Stable: within each half, octez's order.
+        v.sort_by_key(|p| connected.contains(&crate::netgroup::Netgroup::of(p.ip())));
+        v.truncate(ctx.wanted);
+        v
+    }
+}
+
 /// octez's candidates (BEHAVIOUR.md §3.3 `connectable`): known points that are
 /// Disconnected, past their backoff, not failed in this round, not banned (nor their
 /// expected peer), not ours, trusted in private mode; those that never failed first, then

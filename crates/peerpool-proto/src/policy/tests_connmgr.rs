@@ -329,3 +329,45 @@ fn an_attacker_from_two_netgroups_cannot_surround_the_node() {
         );
     }
 }
+
+#[test]
+fn the_maintenance_dials_a_new_netgroup_first() {
+    for (manager, new_first) in [
+        (ConnManagerConfig::default(), true),
+        (ConnManagerConfig::disabled(), false),
+    ] {
+        let pool = PoolConfig {
+            min_connections: 1,
+            max_connections: 10,
+            ..PoolConfig::default()
+        };
+        let config = PolicyConfig {
+            maintenance: MaintenanceConfig {
+                expected_connections: Some(4),
+                max_dials_in_flight: Some(1),
+                ..MaintenanceConfig::default()
+            },
+            conn_manager: manager,
+            ..PolicyConfig::default()
+        };
+        let mut p = policy_with(pool, config, 250);
+        assert!(incoming(&mut p, 1, v4(20, 1, 1), t(0)).1.is_some());
+        // Known points: three in 20.1/16 (connected), one in 30.1/16, registered last.
+        for (i, ip) in [v4(20, 1, 2), v4(20, 1, 3), v4(20, 1, 4), v4(30, 1, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            p.pool
+                .register_point(t(i as u64), Point::new(ip, 9732), None, None);
+        }
+        drain(&mut p);
+        p.activate(t(10));
+        p.maintain(t(10));
+        let first = drain(&mut p).into_iter().find_map(|a| match a {
+            Action::Dial { point, .. } => Some(point),
+            _ => None,
+        });
+        let new_group = Point::new(v4(30, 1, 1), 9732);
+        assert_eq!(first == Some(new_group), new_first, "{first:?}");
+    }
+}
