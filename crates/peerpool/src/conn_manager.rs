@@ -9,7 +9,7 @@
 //! [`Node::events`].
 
 use crate::node::{Node, PeerMetadata};
-use crate::shared::{Change, Command, Query};
+use crate::shared::{Change, Command};
 use peerpool_proto::connmgr::{Bump, ConnManager, ConnManagerError, Decay, TagInfo};
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::message::AppMessage;
@@ -48,17 +48,26 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
 }
 
 impl<P: PeerMetadata> ConnManagerHandle<P> {
-    /// Runs `f` on the manager in the owner task (then the policy acts on what changed).
+    /// Runs `f` on the policy in the owner task; `None` once the node has stopped.
+    async fn on_policy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ConnectionPolicy<P>, Time) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let change: Change<P> = Box::new(move |policy: &mut ConnectionPolicy<P>, now| {
+            let _ = tx.send(f(policy, now));
+        });
+        self.commands.send(Command::Change(change)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs `f` on the manager (then the policy acts on what changed).
     async fn change<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut ConnManager, Time) -> T + Send + 'static,
     ) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        let change: Change<P> = Box::new(move |policy: &mut ConnectionPolicy<P>, now| {
-            let _ = tx.send(policy.with_conn_manager(now, f));
-        });
-        self.commands.send(Command::Change(change)).await.ok()?;
-        rx.await.ok()
+        self.on_policy(move |policy, now| policy.with_conn_manager(now, f))
+            .await
     }
 
     /// Sets `tag` on `peer` to `weight` (go-libp2p `TagPeer`). Tags of a peer without a
@@ -111,14 +120,9 @@ impl<P: PeerMetadata> ConnManagerHandle<P> {
     /// Closes connections down to the low watermark now (go-libp2p `TrimOpenConns`);
     /// returns how many were asked to close. 0 with the no-op manager.
     pub async fn trim_open_conns(&self) -> usize {
-        let (tx, rx) = oneshot::channel();
-        let change: Change<P> = Box::new(move |policy: &mut ConnectionPolicy<P>, now| {
-            let _ = tx.send(policy.trim_open_conns(now));
-        });
-        if self.commands.send(Command::Change(change)).await.is_err() {
-            return 0;
-        }
-        rx.await.unwrap_or(0)
+        self.on_policy(|policy, now| policy.trim_open_conns(now))
+            .await
+            .unwrap_or(0)
     }
 
     /// Protects `peer` under `tag` (go-libp2p `Protect`): never trimmed or evicted.
@@ -145,14 +149,9 @@ impl<P: PeerMetadata> ConnManagerHandle<P> {
     /// `IsProtected`).
     pub async fn is_protected(&self, peer: PeerId, tag: Option<&str>) -> bool {
         let tag = tag.map(str::to_owned);
-        let (tx, rx) = oneshot::channel();
-        let query: Query<P> = Box::new(move |policy: &ConnectionPolicy<P>, _| {
-            let _ = tx.send(policy.conn_manager().is_protected(&peer, tag.as_deref()));
-        });
-        if self.commands.send(Command::Query(query)).await.is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        self.on_policy(move |policy, _| policy.conn_manager().is_protected(&peer, tag.as_deref()))
+            .await
+            .unwrap_or(false)
     }
 
     /// Registers the decaying tag `name` (go-libp2p `RegisterDecayingTag`): `decay` every

@@ -180,7 +180,6 @@ impl ConnManager {
         if let Some(s) = self.slot(&peer) {
             return s;
         }
-        let expires = now.saturating_add(self.limits.temporary_ttl);
         let entry = PeerEntry {
             peer_id: peer,
             first_seen: now,
@@ -191,11 +190,10 @@ impl ConnManager {
             trusted: false,
             rtt: None,
             last_useful: None,
-            expires: Some(expires),
+            expires: None,
             value: 0,
             valid_until: Time::MAX_RFC3339,
         };
-        self.temporary.push_back((expires, peer));
         let s = match self.free.pop() {
             Some(s) => {
                 self.peers[s] = Some(entry);
@@ -207,7 +205,21 @@ impl ConnManager {
             }
         };
         self.by_peer.insert(peer, s);
+        self.make_temporary(s, now);
         s
+    }
+
+    /// Starts the countdown of a peer with no connection: its entry is dropped
+    /// `temporary_tag_ttl` from `now` unless it connects or is protected by then.
+    fn make_temporary(&mut self, slot: usize, now: Time) {
+        let expires = now.saturating_add(self.limits.temporary_ttl);
+        if let Some(e) = self.entry_mut(slot) {
+            if e.conns.is_empty() {
+                e.expires = Some(expires);
+                let peer = e.peer_id;
+                self.temporary.push_back((expires, peer));
+            }
+        }
     }
 
     /// Drops the temporary entries whose time is up.
@@ -368,24 +380,14 @@ impl ConnManager {
                 self.groups.remove(&c.netgroup);
             }
         }
-        let expires = now.saturating_add(self.limits.temporary_ttl);
-        let mut peer_id = None;
-        let mut now_empty = false;
         if let Some(e) = self.entry_mut(c.peer) {
             e.conns.retain(|x| *x != id);
-            peer_id = Some(e.peer_id);
-            if e.conns.is_empty() {
-                e.expires = Some(expires);
-                now_empty = true;
-            }
         }
-        if let Some(peer_id) = peer_id {
-            if now_empty {
-                self.temporary.push_back((expires, peer_id));
-            }
-            self.events
-                .push_back(ConnManagerEvent::Closed { id, peer_id });
-        }
+        self.make_temporary(c.peer, now);
+        self.events.push_back(ConnManagerEvent::Closed {
+            id,
+            peer_id: c.peer_id,
+        });
     }
 
     /// How many connections a trim should close now: `count - low` when `count` (the
@@ -434,10 +436,14 @@ impl ConnManager {
     }
 
     /// The victims for the octez-style "too many" step (up to `count`, worst first),
-    /// shielded ones only when nothing else is left. No event.
+    /// shielded ones only when nothing else is left; events [`ConnManagerEvent::Trimmed`].
     pub fn victims(&mut self, now: Time, count: usize) -> Vec<Victim> {
         self.gc(now);
-        self.choose(now, count, count)
+        let victims = self.choose(now, count, count);
+        for v in &victims {
+            self.events.push_back(ConnManagerEvent::Trimmed(v.clone()));
+        }
+        victims
     }
 }
 

@@ -193,10 +193,10 @@ impl ConnManager {
         out
     }
 
-    /// The shields of `cands` at `now`: by eviction category, then grace (index into
-    /// `self.conns` → rule).
-    fn shield_map(&self, now: Time, cands: &[Cand]) -> HashMap<usize, ProtectionRule> {
-        let mut shields: HashMap<usize, ProtectionRule> = HashMap::new();
+    /// The shields of `cands` at `now`: by eviction category, then grace (indexed like
+    /// `self.conns`; `None`: unshielded).
+    fn shield_map(&self, now: Time, cands: &[Cand]) -> Vec<Option<ProtectionRule>> {
+        let mut shields: Vec<Option<ProtectionRule>> = vec![None; self.conns.len()];
         let k = self.limits.per_category.min(cands.len() / 8);
         if k > 0 {
             // One per netgroup, for the k netgroups with the lowest keyed hash: the oldest
@@ -214,10 +214,9 @@ impl ConnManager {
             let groups: Vec<((u64, Netgroup), usize)> =
                 oldest.iter().map(|(g, e)| ((e.0, *g), e.3)).collect();
             for i in smallest_k(groups, k) {
-                shields.insert(i, ProtectionRule::Netgroup);
+                shields[i] = Some(ProtectionRule::Netgroup);
             }
-            let free =
-                |shields: &HashMap<usize, ProtectionRule>, c: &Cand| !shields.contains_key(&c.idx);
+            let free = |shields: &[Option<ProtectionRule>], c: &Cand| shields[c.idx].is_none();
             let rtt: Vec<((std::time::Duration, ConnectionId), usize)> = cands
                 .iter()
                 .filter(|c| free(&shields, c))
@@ -227,7 +226,7 @@ impl ConnManager {
                 })
                 .collect();
             for i in smallest_k(rtt, k) {
-                shields.insert(i, ProtectionRule::LowRoundTrip);
+                shields[i] = Some(ProtectionRule::LowRoundTrip);
             }
             let useful: Vec<((Reverse<Time>, ConnectionId), usize)> = cands
                 .iter()
@@ -238,7 +237,7 @@ impl ConnManager {
                 })
                 .collect();
             for i in smallest_k(useful, k) {
-                shields.insert(i, ProtectionRule::RecentlyUseful);
+                shields[i] = Some(ProtectionRule::RecentlyUseful);
             }
             let uptime: Vec<((Time, ConnectionId), usize)> = cands
                 .iter()
@@ -246,14 +245,14 @@ impl ConnManager {
                 .map(|c| ((c.opened, c.id), c.idx))
                 .collect();
             for i in smallest_k(uptime, k) {
-                shields.insert(i, ProtectionRule::LongestUptime);
+                shields[i] = Some(ProtectionRule::LongestUptime);
             }
         }
         for c in cands {
             let young = now.saturating_duration_since(c.opened) < self.limits.grace;
             let over_share = !self.conns[c.idx].exempt && c.group_size > self.limits.per_netgroup;
             if young && !over_share {
-                shields.entry(c.idx).or_insert(ProtectionRule::Grace);
+                shields[c.idx].get_or_insert(ProtectionRule::Grace);
             }
         }
         shields
@@ -264,7 +263,8 @@ impl ConnManager {
         let cands = self.candidates(now);
         self.shield_map(now, &cands)
             .into_iter()
-            .map(|(i, r)| (self.conns[i].id, r))
+            .enumerate()
+            .filter_map(|(i, r)| Some((self.conns[i].id, r?)))
             .collect()
     }
 
@@ -282,16 +282,15 @@ impl ConnManager {
     pub(super) fn choose(&mut self, now: Time, wanted: usize, must: usize) -> Vec<Victim> {
         let cands = self.candidates(now);
         let shields = self.shield_map(now, &cands);
-        let (shielded, open): (Vec<Cand>, Vec<Cand>) = cands
-            .into_iter()
-            .partition(|c| shields.contains_key(&c.idx));
+        let (shielded, open): (Vec<Cand>, Vec<Cand>) =
+            cands.into_iter().partition(|c| shields[c.idx].is_some());
         let mut out: Vec<Victim> = rank(open, wanted)
             .iter()
             .map(|(c, r)| self.victim(c, *r, None))
             .collect();
         if out.len() < must {
             for (c, r) in rank(shielded, must - out.len()) {
-                let overrode = shields.get(&c.idx).cloned();
+                let overrode = shields[c.idx].clone();
                 out.push(self.victim(&c, r, overrode));
             }
         }
@@ -304,7 +303,7 @@ impl ConnManager {
         let shields = self.shield_map(now, &cands);
         let open: Vec<Cand> = cands
             .into_iter()
-            .filter(|c| c.inbound && !shields.contains_key(&c.idx))
+            .filter(|c| c.inbound && shields[c.idx].is_none())
             .collect();
         let (c, r) = rank(open, 1).into_iter().next()?;
         Some(self.victim(&c, r, None))

@@ -226,13 +226,7 @@ impl ConnManager {
         if removed && !still {
             self.protected_peers = self.protected_peers.saturating_sub(1);
             // An unconnected peer's entry is dropped as a temporary entry would be.
-            let expires = now.saturating_add(self.limits.temporary_ttl);
-            if let Some(e) = self.entry_mut(s) {
-                if e.conns.is_empty() {
-                    e.expires = Some(expires);
-                    self.temporary.push_back((expires, *peer));
-                }
-            }
+            self.make_temporary(s, now);
         }
         still
     }

@@ -74,7 +74,7 @@ pub use types::{
 };
 
 use crate::connection_message::SupportedVersions;
-use crate::connmgr::{ConnManager, ConnManagerEvent};
+use crate::connmgr::ConnManager;
 use crate::handshake::Direction;
 use crate::identity::PeerId;
 use crate::point::Point;
@@ -277,13 +277,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     /// active, else the victim policy.
     fn choose_victims(&mut self, now: Time, count: usize) -> Vec<ConnectionId> {
         if self.manager.is_active() {
+            // The manager explains each victim in its own events.
             let victims = self.manager.victims(now, count);
-            for v in &victims {
-                self.actions
-                    .push_back(Action::Event(PolicyEvent::ConnManager(
-                        ConnManagerEvent::Trimmed(v.clone()),
-                    )));
-            }
             victims.into_iter().map(|v| v.id).collect()
         } else {
             let views = self.live_views();

@@ -46,6 +46,16 @@ pub(super) fn pool_config() -> PoolConfig {
 }
 
 pub(super) fn policy_with(pool: PoolConfig, config: PolicyConfig, me: u8) -> ConnectionPolicy<()> {
+    policy_seeded(pool, config, me, 42)
+}
+
+/// A policy for `peer(me)` at `t(0)` whose RNG is seeded with `seed`.
+pub(super) fn policy_seeded(
+    pool: PoolConfig,
+    config: PolicyConfig,
+    me: u8,
+    seed: u64,
+) -> ConnectionPolicy<()> {
     let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(7);
     let pool = Pool::new(pool, &mut rng).unwrap();
     ConnectionPolicy::new(
@@ -54,7 +64,7 @@ pub(super) fn policy_with(pool: PoolConfig, config: PolicyConfig, me: u8) -> Con
         SupportedVersions::octez("TEZOS"),
         pool,
         peer(me),
-        42,
+        seed,
     )
     .unwrap()
 }
@@ -63,7 +73,7 @@ pub(super) fn policy() -> ConnectionPolicy<()> {
     policy_with(pool_config(), PolicyConfig::default(), 100)
 }
 
-fn drain(p: &mut ConnectionPolicy<()>) -> Vec<Action<()>> {
+pub(super) fn drain(p: &mut ConnectionPolicy<()>) -> Vec<Action<()>> {
     std::iter::from_fn(|| p.poll_action()).collect()
 }
 

@@ -2,16 +2,12 @@
 //! the per-netgroup cap, and the eclipse scenario of issue 9 (pure core).
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
-use super::tests::{auth, policy_with, t};
+use super::tests::{auth, drain, policy_with, t};
 use super::*;
 use crate::connection_message::NackMotive;
-use crate::connmgr::{ConnManagerConfig, VictimRule};
+use crate::connmgr::{ConnManagerConfig, ConnManagerEvent, VictimRule};
 use crate::pool::PoolConfig;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
-fn drain(p: &mut ConnectionPolicy<()>) -> Vec<Action<()>> {
-    std::iter::from_fn(|| p.poll_action()).collect()
-}
 
 fn closed(actions: &[Action<()>]) -> Vec<(ConnectionId, DisconnectReason)> {
     actions

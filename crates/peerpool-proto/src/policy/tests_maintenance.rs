@@ -1,7 +1,7 @@
 //! Scenarios of the maintenance, swap and the incoming caps, without any runtime.
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
-use super::tests::{auth, ip, peer, point, t};
+use super::tests::{auth, drain, ip, peer, point, policy_seeded, t};
 use super::*;
 use crate::connection_message::SupportedVersions;
 use crate::pool::{P2pEvent, PoolConfig};
@@ -21,21 +21,7 @@ fn policy(min: usize, expected: usize, max: usize, config: PolicyConfig) -> Conn
         },
         ..config
     };
-    let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(7);
-    let pool = Pool::new(pool, &mut rng).unwrap();
-    ConnectionPolicy::new(
-        t(0),
-        config,
-        SupportedVersions::octez("TEZOS"),
-        pool,
-        peer(200),
-        9,
-    )
-    .unwrap()
-}
-
-fn drain(p: &mut ConnectionPolicy<()>) -> Vec<Action<()>> {
-    std::iter::from_fn(|| p.poll_action()).collect()
+    policy_seeded(pool, config, 200, 9)
 }
 
 fn dials(actions: &[Action<()>]) -> Vec<(ConnectionId, Point)> {
