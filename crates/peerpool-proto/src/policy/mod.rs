@@ -58,6 +58,10 @@ mod tests;
 mod tests_connmgr;
 #[cfg(test)]
 mod tests_maintenance;
+#[cfg(test)]
+mod tests_operator;
+#[cfg(test)]
+mod tests_swap;
 
 pub use attempts::weight_of_score;
 pub use config::{

@@ -1,14 +1,21 @@
-//! Scenarios of the maintenance, swap and the incoming caps, without any runtime.
+//! Scenarios of the maintenance and the incoming caps, without any runtime (the swap's
+//! are in `tests_swap`).
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
-use super::tests::{auth, drain, ip, peer, point, policy_seeded, t};
+use super::tests::{
+    auth, drain, establish_incoming, ip, peer, point, policy_seeded, policy_with, pool_config, t,
+};
 use super::*;
 use crate::connection_message::SupportedVersions;
 use crate::pool::{P2pEvent, PoolConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
-fn policy(min: usize, expected: usize, max: usize, config: PolicyConfig) -> ConnectionPolicy<()> {
+pub(super) fn policy(
+    min: usize,
+    expected: usize,
+    max: usize,
+    config: PolicyConfig,
+) -> ConnectionPolicy<()> {
     let pool = PoolConfig {
         min_connections: min,
         max_connections: max,
@@ -24,7 +31,7 @@ fn policy(min: usize, expected: usize, max: usize, config: PolicyConfig) -> Conn
     policy_seeded(pool, config, 200, 9)
 }
 
-fn dials(actions: &[Action<()>]) -> Vec<(ConnectionId, Point)> {
+pub(super) fn dials(actions: &[Action<()>]) -> Vec<(ConnectionId, Point)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -35,14 +42,14 @@ fn dials(actions: &[Action<()>]) -> Vec<(ConnectionId, Point)> {
 }
 
 /// Peer and point of known point number `n` (10.0.x.y).
-fn known(n: u16) -> Point {
+pub(super) fn known(n: u16) -> Point {
     Point::new(
         IpAddr::V4(Ipv4Addr::new(10, 1, (n / 200) as u8, (n % 200) as u8 + 1)),
         9732,
     )
 }
 
-fn peer_of(n: u16) -> PeerId {
+pub(super) fn peer_of(n: u16) -> PeerId {
     let mut id = [0u8; 16];
     id[..2].copy_from_slice(&n.to_be_bytes());
     id[15] = 0xaa;
@@ -51,7 +58,7 @@ fn peer_of(n: u16) -> PeerId {
 
 /// Registers `count` points (through an Advertise from a fresh incoming peer would add a
 /// connection; the pool's own registration keeps the count at zero).
-fn learn(p: &mut ConnectionPolicy<()>, count: u16) {
+pub(super) fn learn(p: &mut ConnectionPolicy<()>, count: u16) {
     for n in 0..count {
         p.pool.register_point(t(0), known(n), None, None);
     }
@@ -59,7 +66,7 @@ fn learn(p: &mut ConnectionPolicy<()>, count: u16) {
 }
 
 /// Completes a dial as established with the peer of its point.
-fn succeed(p: &mut ConnectionPolicy<()>, at: Time, id: ConnectionId, point: Point) {
+pub(super) fn succeed(p: &mut ConnectionPolicy<()>, at: Time, id: ConnectionId, point: Point) {
     let n = (0..1000u16).find(|n| known(*n) == point).unwrap_or(999);
     let a = p.handle_authenticated(at, id, &auth(peer_of(n), Some(9732)));
     assert!(matches!(a, Admission::Accept(_)), "{a:?}");
@@ -433,151 +440,69 @@ fn established_incoming_connections_are_capped_so_outgoing_slots_stay_free() {
     ));
 }
 
-/// A node with three public connections in bounds.
-fn swapper(linger: Option<Duration>) -> (ConnectionPolicy<()>, Vec<ConnectionId>) {
-    let config = PolicyConfig {
-        swap_linger: linger,
-        ..PolicyConfig::default()
-    };
-    let mut p = policy(0, 0, 10, config);
-    let mut ids = Vec::new();
-    for n in 1..=3u16 {
-        p.pool.register_point(t(0), known(n), None, None);
-        let id = p.connect(t(0), known(n), None, false).unwrap();
-        succeed(&mut p, t(0), id, known(n));
-        ids.push(id);
-    }
-    drain(&mut p);
-    (p, ids)
-}
-
 #[test]
-fn in_bounds_the_maintenance_proposes_one_swap() {
-    let (mut p, _) = swapper(Some(Duration::from_secs(30)));
-    p.activate(t(1));
-    let actions = drain(&mut p);
-    let requests: Vec<_> = actions
-        .iter()
-        .filter(|a| {
-            matches!(
-                a,
-                Action::Send {
-                    message: ControlMessage::SwapRequest(..),
-                    ..
-                }
-            )
-        })
-        .collect();
-    assert_eq!(requests.len(), 1, "{actions:?}");
-    if let Action::Send {
-        id,
-        message: ControlMessage::SwapRequest(proposed, proposed_peer),
-    } = requests[0]
-    {
-        // The proposal is one of our other peers, with its point.
-        let to = p.connections().find(|c| c.id == *id).unwrap().peer_id;
-        assert_ne!(to, *proposed_peer);
-        assert_eq!(
-            p.connection_of(proposed_peer).unwrap().point,
-            Some(*proposed)
-        );
-    }
-    // Swap disabled: nothing proposed.
-    let (mut q, _) = swapper(None);
-    q.activate(t(1));
-    assert!(!drain(&mut q).iter().any(|a| matches!(
-        a,
-        Action::Send {
-            message: ControlMessage::SwapRequest(..),
-            ..
+fn the_maintenance_dials_a_trusted_point_and_retries_after_its_wait() {
+    for octez in [false, true] {
+        let mut pool = pool_config();
+        pool.min_connections = 1;
+        let mut config = PolicyConfig::default();
+        if octez {
+            config.maintenance = MaintenanceConfig::octez();
         }
-    )));
+        let mut p = policy_with(pool, config, 100);
+        p.add_trusted_point(t(0), point(1), None);
+        // Not active yet: nothing is dialled.
+        assert!(!drain(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. })));
+        p.activate(t(0));
+        let id = match drain(&mut p)
+            .iter()
+            .find(|a| matches!(a, Action::Dial { .. }))
+        {
+            Some(Action::Dial { id, point: q }) if *q == point(1) => *id,
+            other => panic!("{other:?}"),
+        };
+        p.handle_attempt_failed(t(0), id, AttemptFailure::Connect);
+        // Nothing else to dial: the maintenance waits for the end of the point's backoff
+        // (1 s); octez waits its 5 s. Then it tries again.
+        assert!(!drain(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. })));
+        let next = p.poll_timeout().unwrap();
+        if octez {
+            assert_eq!(next, t(5));
+        } else {
+            assert!(next > t(1) && next < t(2), "{next:?}");
+        }
+        p.handle_timeout(next);
+        assert!(drain(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { point: q, .. } if *q == point(1))));
+    }
 }
 
 #[test]
-fn a_swap_request_is_answered_dialled_and_the_proposed_peer_dropped() {
-    let (mut p, ids) = swapper(Some(Duration::from_secs(30)));
-    let from = ids[0];
-    let target = known(50);
-    p.handle_control(t(5), from, ControlMessage::SwapRequest(target, peer_of(50)));
-    let actions = drain(&mut p);
-    let ack = actions.iter().find_map(|a| match a {
-        Action::Send {
-            id,
-            message: ControlMessage::SwapAck(pt, pr),
-        } if *id == from => Some((*pt, *pr)),
-        _ => None,
-    });
-    let (_, dropped_peer) = ack.expect("an ack with one of our other peers");
-    let (dial, pt) = dials(&actions)[0];
-    assert_eq!(pt, target);
-    succeed(&mut p, t(6), dial, target);
-    let actions = drain(&mut p);
-    let dropped = p.connection_of(&dropped_peer).unwrap().id;
-    assert!(actions.contains(&Action::Close {
-        id: dropped,
-        reason: DisconnectReason::Swapped
-    }));
-    assert!(
-        actions.contains(&Action::Event(PolicyEvent::Pool(P2pEvent::SwapSuccess {
-            source: peer_of(1)
-        })))
-    );
-    // Another request within the linger is ignored.
-    p.handle_control(
-        t(20),
-        ids[1],
-        ControlMessage::SwapRequest(known(51), peer_of(51)),
-    );
-    let actions = drain(&mut p);
-    assert!(dials(&actions).is_empty());
-    assert!(actions.contains(&Action::Event(PolicyEvent::Pool(
-        P2pEvent::SwapRequestIgnored { source: peer_of(2) }
-    ))));
-}
-
-#[test]
-fn a_swap_ack_counts_only_for_a_recent_request_of_ours_once() {
-    let (mut p, ids) = swapper(Some(Duration::from_secs(30)));
-    // An ack nobody asked for is ignored.
+fn below_min_connections_advertised_points_are_dialled() {
+    let mut pool = pool_config();
+    pool.min_connections = 2;
+    let mut p = policy_with(pool, PolicyConfig::default(), 100);
+    p.activate(t(0));
+    let asker = establish_incoming(&mut p, 1, t(0));
+    drain(&mut p);
     p.handle_control(
         t(1),
-        ids[0],
-        ControlMessage::SwapAck(known(60), peer_of(60)),
+        asker,
+        ControlMessage::Advertise(vec![point(10), point(11), point(12)]),
     );
-    assert!(dials(&drain(&mut p)).is_empty());
-    // Our request, then its ack: dialled once.
-    p.activate(t(2));
-    let to = drain(&mut p)
+    let dials: Vec<Point> = drain(&mut p)
         .iter()
-        .find_map(|a| match a {
-            Action::Send {
-                id,
-                message: ControlMessage::SwapRequest(..),
-            } => Some(*id),
+        .filter_map(|a| match a {
+            Action::Dial { point, .. } => Some(*point),
             _ => None,
         })
-        .unwrap();
-    p.handle_control(t(3), to, ControlMessage::SwapAck(known(61), peer_of(61)));
-    assert_eq!(dials(&drain(&mut p)).len(), 1);
-    p.handle_control(t(4), to, ControlMessage::SwapAck(known(62), peer_of(62)));
-    assert!(
-        dials(&drain(&mut p)).is_empty(),
-        "a request authorizes one ack"
-    );
-    // A late ack (past the linger) is ignored too.
-    let (mut q, _) = swapper(Some(Duration::from_secs(30)));
-    q.activate(t(2));
-    let to = drain(&mut q)
-        .iter()
-        .find_map(|a| match a {
-            Action::Send {
-                id,
-                message: ControlMessage::SwapRequest(..),
-            } => Some(*id),
-            _ => None,
-        })
-        .unwrap();
-    q.handle_control(t(40), to, ControlMessage::SwapAck(known(63), peer_of(63)));
-    assert!(dials(&drain(&mut q)).is_empty());
+        .collect();
+    // Bounds for 2/4/4: one connection runs, below min_threshold 2; the round may dial up
+    // to max_target 4, so all three.
+    assert_eq!(dials.len(), 3, "{dials:?}");
 }
