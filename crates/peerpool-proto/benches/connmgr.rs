@@ -236,7 +236,7 @@ fn row(n: usize, what: &str, k: usize, mgr: &Stats, base: &Stats) -> String {
     let r50 = mgr.p50.as_secs_f64() / base.p50.as_secs_f64();
     let r99 = mgr.p99.as_secs_f64() / base.p99.as_secs_f64();
     format!(
-        "| {n:>7} | {what:<20} | {k:>6} | {:>4} | {:>9} | {:>9} | {:>9} | {:>9} | {r50:>5.1} | {r99:>5.1} |",
+        "| {n:>7} | {what:<20} | {k:>6} | {:>4} | {:>9} | {:>9} | {:>9} | {:>9} | {r50:>6.3} | {r99:>6.3} |",
         mgr.n,
         us(mgr.p50),
         us(mgr.p99),

@@ -30,6 +30,7 @@
 //!    the largest group one at a time), inbound before outbound, youngest, then by id.
 
 pub mod decay;
+mod index;
 mod rank;
 mod tags;
 mod types;
@@ -71,6 +72,14 @@ struct PeerEntry {
     /// Sum of the plain tags and the decaying values, valid until `valid_until`.
     value: i64,
     valid_until: Time,
+    /// A lower bound of `value` that time alone does not change (the ranking index's
+    /// value): a fixed, linear or expiring value only falls, to its removal, so it counts
+    /// as `min(v, 0)`; plain tags, `None` and custom decays count as they are.
+    floor: i64,
+    /// Whether `value` may be above `floor` (a fixed, linear or expiring decaying tag).
+    lazy: bool,
+    /// The next tick of a custom decay (which may go anywhere, so it is applied when due).
+    custom_due: Time,
 }
 
 /// One connection.
@@ -86,13 +95,8 @@ struct ConnEntry {
     exempt: bool,
     direction: Direction,
     opened: Time,
-}
-
-/// Connection counts of one netgroup.
-#[derive(Debug, Clone, Copy, Default)]
-struct GroupCount {
-    all: usize,
-    incoming: usize,
+    /// Its place in the ranking index, while it is a candidate.
+    indexed: Option<index::Indexed>,
 }
 
 /// The connection manager (see the module doc).
@@ -106,7 +110,8 @@ pub struct ConnManager {
     by_peer: HashMap<PeerId, usize>,
     conns: Vec<ConnEntry>,
     conn_index: HashMap<ConnectionId, usize>,
-    groups: HashMap<Netgroup, GroupCount>,
+    groups: HashMap<Netgroup, index::Group>,
+    index: index::Index,
     decaying: BTreeMap<String, DecayingTag>,
     /// Peers without connections, by expiry (the TTL is constant, so FIFO order).
     temporary: VecDeque<(Time, PeerId)>,
@@ -128,6 +133,7 @@ impl ConnManager {
             conns: Vec::new(),
             conn_index: HashMap::new(),
             groups: HashMap::new(),
+            index: index::Index::default(),
             decaying: BTreeMap::new(),
             temporary: VecDeque::new(),
             protected_peers: 0,
@@ -193,6 +199,9 @@ impl ConnManager {
             expires: None,
             value: 0,
             valid_until: Time::MAX_RFC3339,
+            floor: 0,
+            lazy: false,
+            custom_due: Time::MAX_RFC3339,
         };
         let s = match self.free.pop() {
             Some(s) => {
@@ -236,6 +245,9 @@ impl ConnManager {
                     && e.expires.is_some_and(|x| x <= now)
             });
             if drop {
+                if let Some(e) = self.entry(s) {
+                    self.index.due.remove(&(e.custom_due, s));
+                }
                 self.peers[s] = None;
                 self.free.push(s);
                 self.by_peer.remove(&peer);
@@ -250,8 +262,11 @@ impl ConnManager {
         let Some(e) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let mut value: i64 = e.tags.values().fold(0, |a, v| a.saturating_add(*v));
+        let (old_floor, old_due) = (e.floor, e.custom_due);
+        let plain: i64 = e.tags.values().fold(0, |a, v| a.saturating_add(*v));
+        let (mut value, mut floor, mut lazy) = (plain, plain, false);
         let mut valid_until = Time::MAX_RFC3339;
+        let mut custom_due = Time::MAX_RFC3339;
         e.decaying.retain(|name, v| {
             let Some(tag) = decaying.get(name) else {
                 return false;
@@ -260,13 +275,56 @@ impl ConnManager {
                 return false;
             }
             value = value.saturating_add(v.value);
+            let next = tag.tick_time(v.as_of.saturating_add(1));
+            match tag.decay {
+                Decay::None => floor = floor.saturating_add(v.value),
+                Decay::Custom(_) => {
+                    floor = floor.saturating_add(v.value);
+                    custom_due = custom_due.min(next);
+                }
+                _ => {
+                    floor = floor.saturating_add(v.value.min(0));
+                    lazy = true;
+                }
+            }
             if !matches!(tag.decay, Decay::None) {
-                valid_until = valid_until.min(tag.tick_time(v.as_of.saturating_add(1)));
+                valid_until = valid_until.min(next);
             }
             true
         });
         e.value = value;
         e.valid_until = valid_until;
+        e.floor = floor;
+        e.lazy = lazy;
+        e.custom_due = custom_due;
+        // The index follows: the next custom tick, and the connections' places when the
+        // floor moved.
+        if old_due != custom_due {
+            self.index.due.remove(&(old_due, slot));
+            if custom_due < Time::MAX_RFC3339 {
+                self.index.due.insert((custom_due, slot));
+            }
+        }
+        if old_floor != floor {
+            self.reindex_peer(slot);
+        }
+    }
+
+    /// The peer's value at `now` without changing anything (decaying values computed on
+    /// copies).
+    fn value_at(&self, slot: usize, now: Time) -> i64 {
+        let Some(e) = self.entry(slot) else { return 0 };
+        if now < e.valid_until {
+            return e.value;
+        }
+        let plain: i64 = e.tags.values().fold(0, |a, v| a.saturating_add(*v));
+        e.decaying.iter().fold(plain, |acc, (name, v)| {
+            let mut v = *v;
+            match self.decaying.get(name) {
+                Some(tag) if v.decay_to(tag, now) => acc.saturating_add(v.value),
+                _ => acc,
+            }
+        })
     }
 
     /// The peer's value at `now`.
@@ -332,6 +390,7 @@ impl ConnManager {
             return;
         }
         self.gc(now);
+        self.catch_up(now);
         let s = self.slot_or_insert(now, peer);
         if let Some(e) = self.entry_mut(s) {
             e.conns.push(id);
@@ -339,7 +398,12 @@ impl ConnManager {
             e.trusted = trusted;
         }
         let netgroup = Netgroup::of(ip);
-        let g = self.groups.entry(netgroup).or_default();
+        let exempt = self.limits.exempt_loopback && ip.is_loopback();
+        let keyed_netgroup = keyed(self.salt, netgroup);
+        let g = self
+            .groups
+            .entry(netgroup)
+            .or_insert_with(|| index::Group::new(keyed_netgroup, exempt));
         g.all += 1;
         if direction == Direction::Incoming {
             g.incoming += 1;
@@ -350,11 +414,16 @@ impl ConnManager {
             peer: s,
             peer_id: peer,
             netgroup,
-            keyed_netgroup: keyed(self.salt, netgroup),
-            exempt: self.limits.exempt_loopback && ip.is_loopback(),
+            keyed_netgroup,
+            exempt,
             direction,
             opened: now,
+            indexed: None,
         });
+        // Its place, the peer's other connections' (one may now be a duplicate), and the
+        // group's head (its size changed).
+        self.reindex_peer(s);
+        self.refresh_head(netgroup);
         self.events.push_back(ConnManagerEvent::Opened {
             id,
             peer_id: peer,
@@ -364,9 +433,11 @@ impl ConnManager {
 
     /// A connection closed (the Notifiee's `Disconnected`). Unknown ids are ignored.
     pub fn connection_closed(&mut self, now: Time, id: ConnectionId) {
-        let Some(i) = self.conn_index.remove(&id) else {
+        let Some(&i) = self.conn_index.get(&id) else {
             return;
         };
+        self.unindex(i);
+        self.conn_index.remove(&id);
         let c = self.conns.swap_remove(i);
         if let Some(moved) = self.conns.get(i) {
             self.conn_index.insert(moved.id, i);
@@ -376,13 +447,14 @@ impl ConnManager {
             if c.direction == Direction::Incoming {
                 g.incoming = g.incoming.saturating_sub(1);
             }
-            if g.all == 0 {
-                self.groups.remove(&c.netgroup);
-            }
         }
         if let Some(e) = self.entry_mut(c.peer) {
             e.conns.retain(|x| *x != id);
         }
+        // Another connection of the peer may no longer be a duplicate; the group's size
+        // changed (an empty group is dropped).
+        self.reindex_peer(c.peer);
+        self.refresh_head(c.netgroup);
         self.make_temporary(c.peer, now);
         self.events.push_back(ConnManagerEvent::Closed {
             id,

@@ -227,3 +227,89 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum IxOp {
+    Base(Op),
+    Rtt(u8, u64),
+    Useful(u8),
+    Trust(u8, bool),
+    Bump(u8, usize, i64),
+    Choose(usize),
+}
+
+fn ix_op() -> impl Strategy<Value = IxOp> {
+    prop_oneof![
+        10 => op().prop_map(IxOp::Base),
+        1 => (0u8..30, 1u64..500).prop_map(|(p, ms)| IxOp::Rtt(p, ms)),
+        1 => (0u8..30).prop_map(IxOp::Useful),
+        1 => (0u8..30, any::<bool>()).prop_map(|(p, t)| IxOp::Trust(p, t)),
+        3 => (0u8..30, 0usize..4, -3i64..15).prop_map(|(p, tag, d)| IxOp::Bump(p, tag, d)),
+        3 => (1usize..20).prop_map(IxOp::Choose),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The index (kept up to date as things change) chooses exactly what ranking every
+    /// candidate from scratch chooses: the same victims in the same order, with the same
+    /// rules, for trims, "too many" steps and evictions, through connections opening and
+    /// closing, tags, decaying tags, protection, trust, round-trip times, usefulness and
+    /// time passing (grace ending, decay ticks).
+    #[test]
+    fn the_index_chooses_what_the_full_ranking_chooses(ops in prop::collection::vec(ix_op(), 1..150)) {
+        let mut m = manager();
+        let tags = ["fixed", "linear", "expire", "custom"];
+        m.register_decaying_tag(t(0), tags[0], Duration::from_secs(7), Decay::Fixed(2), Bump::SumUnbounded)
+            .expect("valid");
+        m.register_decaying_tag(t(0), tags[1], Duration::from_secs(11), Decay::Linear(0.5), Bump::SumUnbounded)
+            .expect("valid");
+        m.register_decaying_tag(t(0), tags[2], Duration::from_secs(5), Decay::ExpireWhenInactive(Duration::from_secs(20)), Bump::Overwrite)
+            .expect("valid");
+        // A custom decay that rises and falls (it cannot be bounded, so it is applied when due).
+        m.register_decaying_tag(t(0), tags[3], Duration::from_secs(13), Decay::Custom(std::sync::Arc::new(|v| if v % 2 == 0 { v + 3 } else { v - 4 })), Bump::SumUnbounded)
+            .expect("valid");
+        let mut now = t(0);
+        let mut live: Vec<ConnectionId> = Vec::new();
+        let mut next = 1u64;
+        for op in ops {
+            match op {
+                IxOp::Base(Op::Connect { peer: p, group, incoming }) => {
+                    let ip = IpAddr::from(Ipv4Addr::new(10, group, p, 1));
+                    let dir = if incoming { Direction::Incoming } else { Direction::Outgoing };
+                    m.connection_opened(now, ConnectionId(next), peer(p), ip, dir, false);
+                    live.push(ConnectionId(next));
+                    next += 1;
+                }
+                IxOp::Base(Op::Disconnect(i)) => {
+                    if !live.is_empty() {
+                        let id = live.remove(i % live.len());
+                        m.connection_closed(now, id);
+                    }
+                }
+                IxOp::Base(Op::Tag { peer: p, value }) => { m.tag_peer(now, peer(p), "v", value).expect("open"); }
+                IxOp::Base(Op::Protect(p)) => { let _ = m.protect(now, peer(p), "app"); }
+                IxOp::Base(Op::Unprotect(p)) => { m.unprotect(now, &peer(p), "app"); }
+                IxOp::Base(Op::Advance(ms)) => now = now.saturating_add(Duration::from_millis(ms)),
+                IxOp::Base(Op::Trim) | IxOp::Choose(_) => {
+                    let count = live.len();
+                    let wanted = match op { IxOp::Choose(k) => k, _ => count.saturating_sub(m.limits().low) };
+                    let must = count.saturating_sub(m.limits().high).min(wanted);
+                    // The index first: the full ranking refreshes every value it reads,
+                    // which would hide an index that missed a change.
+                    let fast_evict = m.choose_evictable(now);
+                    let fast = m.choose(now, wanted, must);
+                    let slow = m.choose_by_full_ranking(now, wanted, must);
+                    prop_assert_eq!(&fast, &slow, "wanted {} must {}", wanted, must);
+                    let slow = m.choose_evictable_by_full_ranking(now);
+                    prop_assert_eq!(fast_evict, slow);
+                }
+                IxOp::Rtt(p, ms) => m.record_rtt(&peer(p), Duration::from_millis(ms)),
+                IxOp::Useful(p) => m.record_useful(now, &peer(p)),
+                IxOp::Trust(p, tr) => m.set_trusted(&peer(p), tr),
+                IxOp::Bump(p, tag, d) => { m.bump(now, peer(p), tags[tag], d).expect("registered"); }
+            }
+        }
+    }
+}

@@ -35,13 +35,13 @@ fn group_order(a: &Cand, b: &Cand) -> Ordering {
 /// The full ranking key: `remaining` is the netgroup's size when this candidate's turn
 /// comes (its size minus the candidates of the group ranked before it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    not_dup: bool,
-    value: i64,
-    remaining: Reverse<usize>,
-    not_inbound: bool,
-    opened: Reverse<Time>,
-    id: ConnectionId,
+pub(super) struct Key {
+    pub(super) not_dup: bool,
+    pub(super) value: i64,
+    pub(super) remaining: Reverse<usize>,
+    pub(super) not_inbound: bool,
+    pub(super) opened: Reverse<Time>,
+    pub(super) id: ConnectionId,
 }
 
 fn key(c: &Cand, position_in_group: usize) -> Key {
@@ -56,7 +56,7 @@ fn key(c: &Cand, position_in_group: usize) -> Key {
 }
 
 /// The rule that puts `a` before `b` (`b` none: nobody stays).
-fn rule(a: &Key, b: Option<&Key>, netgroup: Netgroup) -> VictimRule {
+pub(super) fn rule(a: &Key, b: Option<&Key>, netgroup: Netgroup) -> VictimRule {
     let Some(b) = b else {
         return VictimRule::Last;
     };
@@ -278,8 +278,14 @@ impl ConnManager {
     }
 
     /// Up to `wanted` victims among the unshielded candidates, and shielded ones as far as
-    /// needed to reach `must`.
-    pub(super) fn choose(&mut self, now: Time, wanted: usize, must: usize) -> Vec<Victim> {
+    /// needed to reach `must`, ranking every candidate (the reference for the index, and
+    /// its path when shields must be overridden).
+    pub(super) fn choose_by_full_ranking(
+        &mut self,
+        now: Time,
+        wanted: usize,
+        must: usize,
+    ) -> Vec<Victim> {
         let cands = self.candidates(now);
         let shields = self.shield_map(now, &cands);
         let (shielded, open): (Vec<Cand>, Vec<Cand>) =
@@ -297,8 +303,10 @@ impl ConnManager {
         out
     }
 
-    /// The worst unshielded incoming connection.
-    pub(super) fn choose_evictable(&mut self, now: Time) -> Option<Victim> {
+    /// The worst unshielded incoming connection, ranking every candidate (the reference
+    /// for the index).
+    #[cfg(test)]
+    pub(super) fn choose_evictable_by_full_ranking(&mut self, now: Time) -> Option<Victim> {
         let cands = self.candidates(now);
         let shields = self.shield_map(now, &cands);
         let open: Vec<Cand> = cands

@@ -206,6 +206,7 @@ impl ConnManager {
         }
         if !already {
             self.protected_peers += 1;
+            self.reindex_peer(s);
         }
         Ok(())
     }
@@ -225,6 +226,7 @@ impl ConnManager {
         };
         if removed && !still {
             self.protected_peers = self.protected_peers.saturating_sub(1);
+            self.reindex_peer(s);
             // An unconnected peer's entry is dropped as a temporary entry would be.
             self.make_temporary(s, now);
         }
@@ -250,23 +252,33 @@ impl ConnManager {
     /// Records a round-trip time measured with `peer` (used by the eviction's
     /// low-round-trip category).
     pub fn record_rtt(&mut self, peer: &PeerId, rtt: Duration) {
-        if let Some(e) = self.slot(peer).and_then(|s| self.entry_mut(s)) {
+        let Some(s) = self.slot(peer) else { return };
+        if let Some(e) = self.entry_mut(s) {
             e.rtt = Some(rtt);
         }
+        self.reindex_peer(s);
     }
 
     /// Records that `peer` just sent something useful (a new block or operation; used by
     /// the eviction's recently-useful category).
     pub fn record_useful(&mut self, now: Time, peer: &PeerId) {
-        if let Some(e) = self.slot(peer).and_then(|s| self.entry_mut(s)) {
+        let Some(s) = self.slot(peer) else { return };
+        if let Some(e) = self.entry_mut(s) {
             e.last_useful = Some(now);
         }
+        self.reindex_peer(s);
     }
 
     /// Marks `peer`'s connections as trusted (never trimmed or evicted) or not.
     pub fn set_trusted(&mut self, peer: &PeerId, trusted: bool) {
-        if let Some(e) = self.slot(peer).and_then(|s| self.entry_mut(s)) {
+        let Some(s) = self.slot(peer) else { return };
+        let changed = self.entry_mut(s).is_some_and(|e| {
+            let changed = e.trusted != trusted;
             e.trusted = trusted;
+            changed
+        });
+        if changed {
+            self.reindex_peer(s);
         }
     }
 }
