@@ -10,6 +10,7 @@
 
 mod identity_cmd;
 mod metadata;
+mod metrics;
 mod node_cmd;
 mod probe;
 mod sandbox;

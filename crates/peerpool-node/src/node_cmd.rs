@@ -57,6 +57,9 @@ pub struct NodeArgs {
     /// local network). Off when not given.
     #[arg(long, value_parser = parse_discovery_addr)]
     pub discovery_addr: Option<SocketAddr>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off unless set).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn parse_discovery_addr(s: &str) -> Result<SocketAddr, String> {
@@ -182,6 +185,17 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let stop = stop_signal();
     info!(peer_id = %identity.peer_id, listen = ?node.local_addr(), chain = %args.chain_name, "node started");
     spawn_app_drain(node.clone());
+    if let Some(addr) = args.metrics_addr {
+        match crate::metrics::serve(addr, node.clone()).await {
+            Ok(bound) => info!(addr = %bound, "metrics at http://{bound}/metrics"),
+            Err(e) => {
+                error!(error = %e, %addr, "cannot serve metrics");
+                eprintln!("error: cannot serve metrics on {addr}: {e}");
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     for (point, expected) in args.peers {
         node.add_peer(point, expected).await;
     }

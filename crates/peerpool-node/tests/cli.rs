@@ -333,3 +333,48 @@ fn sigterm_shuts_the_node_down_cleanly_and_saves_the_peers_file() {
         peerpool_proto::pool::peers_file::parse_peers_file::<serde_json::Value>(&text).unwrap();
     assert!(records.is_empty(), "{text}");
 }
+
+#[test]
+fn node_serves_prometheus_metrics_on_metrics_addr() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("metrics-node");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_peerpool"))
+        .args([
+            "node",
+            "--net-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--expected-pow",
+            "2",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The node logs where it serves the metrics.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stderr.take().unwrap()));
+    let url_line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("metrics at http://"));
+    std::thread::spawn(move || lines.for_each(drop));
+    let url_line = url_line.expect("the node announces its metrics address");
+    let addr = url_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("peerpool_p2p_connections_active 0"), "{body}");
+}

@@ -154,6 +154,13 @@ impl<P: PeerMetadata> ConnManagerHandle<P> {
             .unwrap_or(false)
     }
 
+    /// How many peers `protect` protects now (at most the protection budget).
+    pub async fn protected_peers(&self) -> usize {
+        self.on_policy(|policy, _| policy.conn_manager().protected_peers())
+            .await
+            .unwrap_or(0)
+    }
+
     /// Registers the decaying tag `name` (go-libp2p `RegisterDecayingTag`): `decay` every
     /// `interval`, `bump` on each [`ConnManagerHandle::bump`].
     ///
