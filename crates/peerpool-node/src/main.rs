@@ -13,7 +13,10 @@ mod metadata;
 mod metrics;
 mod node_cmd;
 mod probe;
+mod rpc;
 mod sandbox;
+#[cfg(test)]
+mod test_support;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -230,57 +230,20 @@ pub async fn serve<M: AppMessage, P: PeerMetadata>(
 mod tests {
     #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
     use super::*;
-    use peerpool::NodeConfig;
-    use peerpool_proto::identity::{Identity, PowTarget};
-    use peerpool_proto::message::RawMessage;
+    use crate::test_support::{link, node, request};
     use std::collections::BTreeSet;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn node_config(seed: u64) -> NodeConfig {
-        use rand::SeedableRng;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let identity = Identity::generate(&PowTarget::new(0.0).unwrap(), &mut rng);
-        let mut c = NodeConfig::new(std::sync::Arc::new(identity), "TEST");
-        c.listen_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.pow_target = PowTarget::new(0.0).unwrap();
-        c.policy.bootstrap_on_connect = false;
-        c.policy.maintenance.enabled = false;
-        c
-    }
-
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
 
     /// The names a scrape gives, against the golden list (a renamed or lost metric fails).
     #[tokio::test]
     async fn a_scrape_names_every_metric_of_the_golden_list_and_counts_connections() {
-        let a = Node::<RawMessage>::start(node_config(1).validate().unwrap())
-            .await
-            .unwrap();
-        let b = Node::<RawMessage>::start(node_config(2).validate().unwrap())
-            .await
-            .unwrap();
-        a.activate().await;
-        b.activate().await;
+        let a = node(1).await;
+        let b = node(2).await;
         let addr = serve("127.0.0.1:0".parse().unwrap(), a.clone())
             .await
             .unwrap();
-        let mut events = a.events();
-        b.connect(b_point(&a), None).await.unwrap();
-        // Wait for `a` to see the connection (no sleeping).
-        loop {
-            if let Ok(NodeEvent::ConnectionEstablished { .. }) = events.recv().await {
-                break;
-            }
-        }
-        let text = get(addr, "/metrics").await;
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        link(&a, &b).await;
+        let (status, text) = request(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{text}");
         let names: BTreeSet<String> = text
             .lines()
             .filter(|l| l.starts_with("peerpool_p2p_"))
@@ -302,13 +265,9 @@ mod tests {
             text.contains("peerpool_p2p_swaps_total{result=\"success\"} 0"),
             "{text}"
         );
-        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        assert_eq!(request(addr, "GET", "/nope").await.0, 404);
         a.shutdown().await;
         b.shutdown().await;
-    }
-
-    fn b_point(a: &Node<RawMessage>) -> peerpool_proto::point::Point {
-        peerpool_proto::point::Point::from(a.local_addr().unwrap())
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off unless set).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the admin RPC (octez's `/network` routes) on this address, e.g.
+    /// `127.0.0.1:8732` (off unless set).
+    #[arg(long)]
+    pub rpc_addr: Option<SocketAddr>,
 }
 
 fn parse_discovery_addr(s: &str) -> Result<SocketAddr, String> {
@@ -173,6 +177,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let local_metadata = config.get().metadata;
     let node = match BinaryNode::start(config).await {
         Ok(n) => n,
         Err(e) => {
@@ -185,6 +190,17 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let stop = stop_signal();
     info!(peer_id = %identity.peer_id, listen = ?node.local_addr(), chain = %args.chain_name, "node started");
     spawn_app_drain(node.clone());
+    if let Some(addr) = args.rpc_addr {
+        match crate::rpc::serve(addr, node.clone(), local_metadata).await {
+            Ok(bound) => info!(addr = %bound, "RPC at http://{bound}/network"),
+            Err(e) => {
+                error!(error = %e, %addr, "cannot serve the RPC");
+                eprintln!("error: cannot serve the RPC on {addr}: {e}");
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(addr) = args.metrics_addr {
         match crate::metrics::serve(addr, node.clone()).await {
             Ok(bound) => info!(addr = %bound, "metrics at http://{bound}/metrics"),

@@ -334,9 +334,22 @@ fn sigterm_shuts_the_node_down_cleanly_and_saves_the_peers_file() {
     assert!(records.is_empty(), "{text}");
 }
 
-#[test]
-fn node_serves_prometheus_metrics_on_metrics_addr() {
+/// `GET path` on `addr`; the whole response.
+fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn node_serves_metrics_and_the_rpc_where_asked() {
     let dir = temp_dir("metrics-node");
     let mut node = Command::new(env!("CARGO_BIN_EXE_peerpool"))
         .args([
@@ -344,6 +357,8 @@ fn node_serves_prometheus_metrics_on_metrics_addr() {
             "--net-addr",
             "127.0.0.1:0",
             "--metrics-addr",
+            "127.0.0.1:0",
+            "--rpc-addr",
             "127.0.0.1:0",
             "--expected-pow",
             "2",
@@ -354,27 +369,33 @@ fn node_serves_prometheus_metrics_on_metrics_addr() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The node logs where it serves the metrics.
+    // The node logs where it serves each.
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(node.stderr.take().unwrap()));
-    let url_line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("metrics at http://"));
+    let (mut metrics, mut rpc) = (None, None);
+    let addr_of = |l: &str| {
+        l.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned)
+    };
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("metrics at http://") {
+            metrics = addr_of(&line);
+        } else if line.contains("RPC at http://") {
+            rpc = addr_of(&line);
+        }
+        if metrics.is_some() && rpc.is_some() {
+            break;
+        }
+    }
     std::thread::spawn(move || lines.for_each(drop));
-    let url_line = url_line.expect("the node announces its metrics address");
-    let addr = url_line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let (metrics, rpc) = (metrics.expect("metrics address"), rpc.expect("RPC address"));
+    let body = http_get(&metrics, "/metrics");
+    let self_id = http_get(&rpc, "/network/self");
     let _ = node.kill();
     let _ = node.wait();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("peerpool_p2p_connections_active 0"), "{body}");
+    assert!(self_id.starts_with("HTTP/1.1 200"), "{self_id}");
+    assert!(self_id.contains("\"id"), "a peer id: {self_id}");
 }

@@ -1,0 +1,285 @@
+//! The admin RPC (issue 10 §3, a first part): octez's `/network` routes (BEHAVIOUR.md §10)
+//! with the same verbs, query parameters and JSON shapes, built on the node's public API.
+//!
+//! Served so far: `GET /network/self`, `GET /network/stat`, `GET /network/connections`,
+//! `GET|DELETE /network/connections/<peer_id>`, `PUT /network/points/<point>?timeout=<s>`,
+//! `GET /network/peers/<peer_id>/banned`, `GET /network/points/<point>/banned`,
+//! `DELETE /network/greylist`. Errors are JSON `{"kind", "message"}`: 400 for a malformed
+//! peer id, point or parameter, 404 for an unknown connection, 502 for a failed connect.
+//!
+//! Not yet: the peer and point lists and infos, PATCH, the logs and `/network/log`
+//! streams, `full_stat`, the greylist lists, `/network/connmgr`, OpenAPI.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use peerpool::{ConnectionInfo, Node, PeerMetadata};
+use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
+use peerpool_proto::handshake::Direction;
+use peerpool_proto::identity::PeerId;
+use peerpool_proto::message::AppMessage;
+use peerpool_proto::point::Point;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// An RPC error: its HTTP status, a kind and a message.
+#[derive(Debug)]
+pub struct RpcError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl RpcError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        RpcError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "kind": self.kind, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+fn parse_peer(text: &str) -> Result<PeerId, RpcError> {
+    text.parse().map_err(|e| {
+        RpcError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_peer_id",
+            format!("{text:?}: {e}"),
+        )
+    })
+}
+
+fn parse_point(text: &str) -> Result<Point, RpcError> {
+    text.parse().map_err(|e| {
+        RpcError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_point",
+            format!("{text:?}: {e}"),
+        )
+    })
+}
+
+fn version_json(v: &NetworkVersion) -> Value {
+    json!({
+        "chain_name": v.chain_name,
+        "distributed_db_version": v.distributed_db_version,
+        "p2p_version": v.p2p_version,
+    })
+}
+
+fn metadata_json(m: &ConnectionMetadata) -> Value {
+    json!({ "disable_mempool": m.disable_mempool, "private_node": m.private_node })
+}
+
+/// octez's `P2p_connection.Info` JSON.
+fn connection_json(c: &ConnectionInfo, local: &ConnectionMetadata) -> Value {
+    let mut id_point = json!({ "addr": c.remote_addr.ip().to_string() });
+    if let Some(p) = c.listening_point {
+        id_point["port"] = json!(p.port());
+    }
+    json!({
+        "incoming": c.direction == Direction::Incoming,
+        "peer_id": c.peer_id.to_string(),
+        "id_point": id_point,
+        "remote_socket_port": c.remote_addr.port(),
+        "announced_version": version_json(&c.announced_version),
+        "private": c.metadata.private_node,
+        "local_metadata": metadata_json(local),
+        "remote_metadata": metadata_json(&c.metadata),
+    })
+}
+
+/// What the handlers share: the node and our own connection metadata.
+struct Rpc<M, P> {
+    node: Node<M, P>,
+    local: ConnectionMetadata,
+}
+
+impl<M, P> Clone for Rpc<M, P> {
+    fn clone(&self) -> Self {
+        Rpc {
+            node: self.node.clone(),
+            local: self.local,
+        }
+    }
+}
+
+type S<M, P> = State<Rpc<M, P>>;
+
+async fn self_id<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+    Json(json!(r.node.peer_id().to_string()))
+}
+
+async fn stat<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Result<Json<Value>, RpcError> {
+    let io = r.node.stats().await.io;
+    serde_json::to_value(io)
+        .map(Json)
+        .map_err(|e| RpcError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string()))
+}
+
+async fn connections<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+    let list: Vec<Value> = r
+        .node
+        .connection_infos()
+        .iter()
+        .map(|c| connection_json(c, &r.local))
+        .collect();
+    Json(Value::Array(list))
+}
+
+async fn connection<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(peer): Path<String>,
+) -> Result<Json<Value>, RpcError> {
+    let peer = parse_peer(&peer)?;
+    r.node
+        .connection_infos()
+        .iter()
+        .find(|c| c.peer_id == peer)
+        .map(|c| Json(connection_json(c, &r.local)))
+        .ok_or_else(|| {
+            RpcError::new(
+                StatusCode::NOT_FOUND,
+                "not_connected",
+                format!("no connection with {peer}"),
+            )
+        })
+}
+
+async fn disconnect<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(peer): Path<String>,
+) -> Result<Json<Value>, RpcError> {
+    // `?wait` is accepted; the disconnection (a Disconnect message, then the close) is the
+    // same either way here.
+    let peer = parse_peer(&peer)?;
+    if r.node.connection(&peer).is_none() {
+        return Err(RpcError::new(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            format!("no connection with {peer}"),
+        ));
+    }
+    r.node.disconnect(peer).await;
+    Ok(Json(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectQuery {
+    timeout: Option<String>,
+}
+
+async fn connect_point<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(point): Path<String>,
+    Query(q): Query<ConnectQuery>,
+) -> Result<Json<Value>, RpcError> {
+    let point = parse_point(&point)?;
+    // octez's default: 10 s.
+    let secs = match q.timeout.as_deref() {
+        None => 10.0,
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+            .ok_or_else(|| {
+                RpcError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_timeout",
+                    format!("timeout {t:?}: seconds in (0, 86400]"),
+                )
+            })?,
+    };
+    r.node
+        .connect_with_timeout(point, None, Some(Duration::from_secs_f64(secs)))
+        .await
+        .map(|_| Json(json!({})))
+        .map_err(|e| RpcError::new(StatusCode::BAD_GATEWAY, "connection_failed", e.to_string()))
+}
+
+async fn peer_banned<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(peer): Path<String>,
+) -> Result<Json<Value>, RpcError> {
+    let peer = parse_peer(&peer)?;
+    Ok(Json(json!(r.node.is_peer_banned(peer).await)))
+}
+
+async fn point_banned<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(point): Path<String>,
+) -> Result<Json<Value>, RpcError> {
+    // Blacklisted or greylisted IP; false for a trusted point; the port is ignored.
+    let point = parse_point(&point)?;
+    let trusted = r.node.point_info(point).await.is_some_and(|i| i.trusted);
+    Ok(Json(json!(
+        !trusted && r.node.is_addr_banned(point.ip()).await
+    )))
+}
+
+async fn clear_greylist<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+    r.node.acl_clear().await;
+    Json(json!({}))
+}
+
+async fn not_found() -> RpcError {
+    RpcError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// The RPC's routes for `node`, whose own connection metadata is `local`.
+pub fn router<M: AppMessage, P: PeerMetadata>(
+    node: Node<M, P>,
+    local: ConnectionMetadata,
+) -> Router {
+    Router::new()
+        .route("/network/self", get(self_id::<M, P>))
+        .route("/network/stat", get(stat::<M, P>))
+        .route("/network/connections", get(connections::<M, P>))
+        .route(
+            "/network/connections/{peer_id}",
+            get(connection::<M, P>).delete(disconnect::<M, P>),
+        )
+        .route("/network/points/{point}", put(connect_point::<M, P>))
+        .route("/network/peers/{peer_id}/banned", get(peer_banned::<M, P>))
+        .route("/network/points/{point}/banned", get(point_banned::<M, P>))
+        .route("/network/greylist", delete(clear_greylist::<M, P>))
+        .fallback(not_found)
+        .with_state(Rpc { node, local })
+}
+
+/// Serves the RPC for `node` on `addr`; returns the bound address.
+///
+/// Errors: the address cannot be bound.
+pub async fn serve<M: AppMessage, P: PeerMetadata>(
+    addr: SocketAddr,
+    node: Node<M, P>,
+    local: ConnectionMetadata,
+) -> std::io::Result<SocketAddr> {
+    let app = router(node, local);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "RPC server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests;
