@@ -35,7 +35,7 @@ const RULES: [&str; 6] = [
     "last",
 ];
 
-fn rule_label(rule: &VictimRule) -> &'static str {
+pub(crate) fn rule_label(rule: &VictimRule) -> &'static str {
     match rule {
         VictimRule::Duplicate => RULES[0],
         VictimRule::LowestValue => RULES[1],

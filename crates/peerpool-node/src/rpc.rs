@@ -4,11 +4,16 @@
 //! Served so far: `GET /network/self`, `GET /network/stat`, `GET /network/connections`,
 //! `GET|DELETE /network/connections/<peer_id>`, `PUT /network/points/<point>?timeout=<s>`,
 //! `GET /network/peers/<peer_id>/banned`, `GET /network/points/<point>/banned`,
-//! `DELETE /network/greylist`. Errors are JSON `{"kind", "message"}`: 400 for a malformed
-//! peer id, point or parameter, 404 for an unknown connection, 502 for a failed connect.
+//! `DELETE /network/greylist`, and the `/network/log` event stream (one JSON event per
+//! line, octez's `{"event": "<snake_name>", …}`); plus `/network/connmgr/...` for the
+//! connection manager (`connmgr`). Errors are JSON `{"kind", "message"}`: 400 for a
+//! malformed peer id, point or parameter, 404 for an unknown connection or peer, 409 for a
+//! protection beyond the budget, 502 for a failed connect.
 //!
-//! Not yet: the peer and point lists and infos, PATCH, the logs and `/network/log`
-//! streams, `full_stat`, the greylist lists, `/network/connmgr`, OpenAPI.
+//! Not yet: the peer and point lists and infos, PATCH, the peer and point logs,
+//! `full_stat`, the greylist lists, OpenAPI.
+
+mod connmgr;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -35,7 +40,7 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         RpcError {
             status,
             kind,
@@ -54,7 +59,7 @@ impl IntoResponse for RpcError {
     }
 }
 
-fn parse_peer(text: &str) -> Result<PeerId, RpcError> {
+pub(crate) fn parse_peer(text: &str) -> Result<PeerId, RpcError> {
     text.parse().map_err(|e| {
         RpcError::new(
             StatusCode::BAD_REQUEST,
@@ -104,10 +109,11 @@ fn connection_json(c: &ConnectionInfo, local: &ConnectionMetadata) -> Value {
     })
 }
 
-/// What the handlers share: the node and our own connection metadata.
-struct Rpc<M, P> {
+/// What the handlers share: the node, our own connection metadata, the last trims.
+pub(crate) struct Rpc<M, P> {
     node: Node<M, P>,
     local: ConnectionMetadata,
+    trims: std::sync::Arc<connmgr::Trims>,
 }
 
 impl<M, P> Clone for Rpc<M, P> {
@@ -115,11 +121,12 @@ impl<M, P> Clone for Rpc<M, P> {
         Rpc {
             node: self.node.clone(),
             local: self.local,
+            trims: self.trims.clone(),
         }
     }
 }
 
-type S<M, P> = State<Rpc<M, P>>;
+pub(crate) type S<M, P> = State<Rpc<M, P>>;
 
 async fn self_id<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
     Json(json!(r.node.peer_id().to_string()))
@@ -237,6 +244,29 @@ async fn clear_greylist<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Js
     Json(json!({}))
 }
 
+/// `GET /network/log`: the pool's events as they happen, one JSON object per line.
+async fn log<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Response {
+    let events = r.node.events();
+    let stream = futures_util::stream::unfold(events, |mut events| async move {
+        loop {
+            match events.recv().await {
+                Ok(peerpool::NodeEvent::Pool(e)) => {
+                    let mut line = serde_json::to_vec(&e).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::convert::Infallible>(line), events));
+                }
+                Ok(_) | Err(peerpool::EventError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 async fn not_found() -> RpcError {
     RpcError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
@@ -246,6 +276,8 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
     node: Node<M, P>,
     local: ConnectionMetadata,
 ) -> Router {
+    let trims = std::sync::Arc::new(connmgr::Trims::default());
+    connmgr::spawn_recorder(&node, trims.clone());
     Router::new()
         .route("/network/self", get(self_id::<M, P>))
         .route("/network/stat", get(stat::<M, P>))
@@ -258,8 +290,10 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
         .route("/network/peers/{peer_id}/banned", get(peer_banned::<M, P>))
         .route("/network/points/{point}/banned", get(point_banned::<M, P>))
         .route("/network/greylist", delete(clear_greylist::<M, P>))
+        .route("/network/log", get(log::<M, P>))
+        .merge(connmgr::routes::<M, P>())
         .fallback(not_found)
-        .with_state(Rpc { node, local })
+        .with_state(Rpc { node, local, trims })
 }
 
 /// Serves the RPC for `node` on `addr`; returns the bound address.

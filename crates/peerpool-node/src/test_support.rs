@@ -9,6 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A started, active node on 127.0.0.1 (no proof of work, no maintenance).
 pub async fn node(seed: u64) -> Node<RawMessage> {
+    node_with(seed, |_| {}).await
+}
+
+/// [`node`] with its configuration changed by `adjust`.
+pub async fn node_with(seed: u64, adjust: impl FnOnce(&mut NodeConfig)) -> Node<RawMessage> {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let identity = Identity::generate(&PowTarget::new(0.0).unwrap(), &mut rng);
@@ -17,6 +22,7 @@ pub async fn node(seed: u64) -> Node<RawMessage> {
     c.pow_target = PowTarget::new(0.0).unwrap();
     c.policy.bootstrap_on_connect = false;
     c.policy.maintenance.enabled = false;
+    adjust(&mut c);
     let n = Node::<RawMessage>::start(c.validate().unwrap())
         .await
         .unwrap();

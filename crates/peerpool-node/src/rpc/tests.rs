@@ -1,7 +1,7 @@
 //! Every route over real HTTP against running nodes, success and error cases.
 
 use super::*;
-use crate::test_support::{link, node, request};
+use crate::test_support::{link, node, node_with, request};
 
 #[tokio::test]
 async fn every_network_route_answers_as_octez_does() {
@@ -120,5 +120,160 @@ async fn every_network_route_answers_as_octez_does() {
     );
     for n in [a, b, c] {
         n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_log_streams_pool_events_as_they_happen() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = node(21).await;
+    let b = node(22).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(rpc).await.unwrap();
+    s.write_all(b"GET /network/log HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The response head arrives first: then the stream is subscribed.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    link(&a, &b).await;
+    let wanted = "{\"event\":\"connection_established\"";
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !String::from_utf8_lossy(&seen).contains(wanted) {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        true
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{}", String::from_utf8_lossy(&seen));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_connection_manager_routes_tag_protect_trim_and_explain() {
+    let a = node(31).await;
+    let b = node(32).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    link(&a, &b).await;
+    let b_id = b.peer_id().to_string();
+    let base = format!("/network/connmgr/peers/{b_id}");
+    let (s, body) = request(rpc, "PUT", &format!("{base}/tags/score?weight=42")).await;
+    assert_eq!((s, body.as_str()), (200, "{}"));
+    let (s, _) = request(rpc, "PUT", &format!("{base}/tags/score?weight=lots")).await;
+    assert_eq!(s, 400);
+    let (s, body) = request(rpc, "PUT", &format!("{base}/protection/app")).await;
+    assert_eq!((s, body.as_str()), (200, "{}"));
+    let (s, body) = request(rpc, "GET", &base).await;
+    assert_eq!(s, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["value"], 42);
+    assert_eq!(info["tags"]["score"], 42);
+    assert_eq!(info["conns"].as_array().map(Vec::len), Some(1));
+    assert!(info["protected_by"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({ "rule": "tag", "tag": "app" })));
+    let (s, body) = request(rpc, "DELETE", &format!("{base}/protection/app")).await;
+    assert_eq!((s, body.as_str()), (200, "{\"still_protected\":false}"));
+    let (s, body) = request(rpc, "DELETE", &format!("{base}/tags/score")).await;
+    assert_eq!((s, body.as_str()), (200, "{}"));
+    let (s, body) = request(rpc, "GET", &base).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["value"],
+        0,
+        "{s} {body}"
+    );
+    let unknown = a.peer_id().to_string();
+    let (s, _) = request(rpc, "GET", &format!("/network/connmgr/peers/{unknown}")).await;
+    assert_eq!(s, 404);
+    // One connection, below the low watermark: a trim closes nothing; the list is empty.
+    let (s, body) = request(rpc, "POST", "/network/connmgr/trim").await;
+    assert_eq!((s, body.as_str()), (200, "{\"closing\":0}"));
+    let (s, body) = request(rpc, "GET", "/network/connmgr/trims").await;
+    assert_eq!((s, body.as_str()), (200, "[]"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_last_trims_are_listed_with_their_rule() {
+    // Max 3, high 2, low 1: a third connection is trimmed at once (down to high: all are
+    // young, so grace is overridden only that far).
+    let a = node_with(41, |c| {
+        c.pool.min_connections = 1;
+        c.pool.max_connections = 3;
+        c.policy.maintenance.expected_connections = Some(2);
+        c.policy.max_incoming_connections = Some(3);
+        c.policy.conn_manager.low_water = Some(1);
+        c.policy.conn_manager.high_water = Some(2);
+    })
+    .await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    let mut events = a.events();
+    let peers = [node(42).await, node(43).await, node(44).await];
+    let point = Point::from(a.local_addr().unwrap());
+    for p in &peers {
+        let _ = p.connect(point, None).await;
+    }
+    loop {
+        if let Ok(peerpool::NodeEvent::ConnManager(
+            peerpool_proto::connmgr::ConnManagerEvent::Trimmed(_),
+        )) = events.recv().await
+        {
+            break;
+        }
+    }
+    // The RPC's recorder hears the same event on its own subscription.
+    let list = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let (_, body) = request(rpc, "GET", "/network/connmgr/trims").await;
+            let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+            if !list.is_empty() {
+                return list;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["kind"], "trimmed");
+    assert!(list[0]["rule"].is_string());
+    assert!(
+        list[0]["overrode"]["rule"].is_string(),
+        "young: a shield overridden"
+    );
+    a.shutdown().await;
+    for p in peers {
+        p.shutdown().await;
     }
 }
