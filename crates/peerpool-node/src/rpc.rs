@@ -10,15 +10,18 @@
 //! malformed peer id, point or parameter, 404 for an unknown connection or peer, 409 for a
 //! protection beyond the budget, 502 for a failed connect.
 //!
-//! Not yet: the peer and point lists and infos, PATCH, the peer and point logs,
+//! Points: `GET /network/points?filter=`, `GET|PATCH /network/points/<point>` (`points`).
+//!
+//! Not yet: the peer list and infos, PATCH of a peer, the peer and point logs,
 //! `full_stat`, the greylist lists, OpenAPI.
 
 mod connmgr;
+mod points;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use peerpool::{ConnectionInfo, Node, PeerMetadata};
 use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
@@ -69,7 +72,7 @@ pub(crate) fn parse_peer(text: &str) -> Result<PeerId, RpcError> {
     })
 }
 
-fn parse_point(text: &str) -> Result<Point, RpcError> {
+pub(crate) fn parse_point(text: &str) -> Result<Point, RpcError> {
     text.parse().map_err(|e| {
         RpcError::new(
             StatusCode::BAD_REQUEST,
@@ -286,12 +289,12 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
             "/network/connections/{peer_id}",
             get(connection::<M, P>).delete(disconnect::<M, P>),
         )
-        .route("/network/points/{point}", put(connect_point::<M, P>))
         .route("/network/peers/{peer_id}/banned", get(peer_banned::<M, P>))
         .route("/network/points/{point}/banned", get(point_banned::<M, P>))
         .route("/network/greylist", delete(clear_greylist::<M, P>))
         .route("/network/log", get(log::<M, P>))
         .merge(connmgr::routes::<M, P>())
+        .merge(points::routes::<M, P>())
         .fallback(not_found)
         .with_state(Rpc { node, local, trims })
 }

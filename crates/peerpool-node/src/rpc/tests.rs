@@ -277,3 +277,127 @@ async fn the_last_trims_are_listed_with_their_rule() {
         p.shutdown().await;
     }
 }
+
+/// A request with a JSON body.
+async fn send_json(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn points_are_listed_filtered_shown_and_patched() {
+    let a = node(51).await;
+    let b = node(52).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    // a dials b: b's point is running; a knows another point, disconnected.
+    let b_point = Point::from(b.local_addr().unwrap());
+    a.connect(b_point, None).await.unwrap();
+    let other: Point = "127.0.0.77:9732".parse().unwrap();
+    a.add_peer(other, None).await;
+
+    let (s, body) = request(rpc, "GET", "/network/points").await;
+    assert_eq!(s, 200, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let entry = list
+        .iter()
+        .find(|e| e[0] == b_point.to_string())
+        .unwrap_or_else(|| panic!("{body}"));
+    let info = &entry[1];
+    assert_eq!(info["state"]["event_kind"], "running");
+    assert_eq!(info["state"]["p2p_peer_id"], b.peer_id().to_string());
+    assert_eq!(info["p2p_peer_id"], b.peer_id().to_string());
+    assert_eq!(info["trusted"], false);
+    assert!(info["last_established_connection"][1].is_string(), "{info}");
+    assert!(
+        info.get("greylisted_until").is_none(),
+        "left out at the epoch: {info}"
+    );
+
+    let (s, body) = request(rpc, "GET", "/network/points?filter=running").await;
+    assert_eq!(s, 200);
+    let running: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(running.len(), 1, "{body}");
+    let (s, body) = request(rpc, "GET", "/network/points?filter=disconnected").await;
+    let disconnected: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        disconnected.iter().any(|e| e[0] == other.to_string()),
+        "{s} {body}"
+    );
+    assert_eq!(
+        request(rpc, "GET", "/network/points?filter=sleeping")
+            .await
+            .0,
+        400
+    );
+
+    let (s, body) = request(rpc, "GET", &format!("/network/points/{other}")).await;
+    assert_eq!(s, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["trusted"], true, "added with --peer: trusted");
+    assert_eq!(info["state"], json!({ "event_kind": "disconnected" }));
+    assert_eq!(
+        request(rpc, "GET", "/network/points/127.0.0.99:1").await.0,
+        404
+    );
+    assert_eq!(request(rpc, "GET", "/network/points/nowhere").await.0, 400);
+
+    // PATCH: the expected peer id, then the ACL.
+    let c = node(53).await;
+    let body = format!("{{\"acl\": \"open\", \"peer_id\": \"{}\"}}", c.peer_id());
+    let (s, body) = send_json(rpc, "PATCH", &format!("/network/points/{other}"), &body).await;
+    assert_eq!(s, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["trusted"], false, "opened: {info}");
+    assert_eq!(info["expected_peer_id"], c.peer_id().to_string());
+    let (s, _) = send_json(
+        rpc,
+        "PATCH",
+        &format!("/network/points/{other}"),
+        "{\"acl\": \"ban\"}",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, body) = request(rpc, "GET", &format!("/network/points/{other}/banned")).await;
+    assert_eq!(body, "true");
+    let (s, body) = send_json(
+        rpc,
+        "PATCH",
+        &format!("/network/points/{other}"),
+        "{\"acl\": \"maybe\"}",
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    let (s, _) = send_json(
+        rpc,
+        "PATCH",
+        &format!("/network/points/{other}"),
+        "{\"color\": 1}",
+    )
+    .await;
+    assert_eq!(s, 400);
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
