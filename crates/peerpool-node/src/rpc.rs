@@ -12,10 +12,13 @@
 //!
 //! Points: `GET /network/points?filter=`, `GET|PATCH /network/points/<point>` (`points`).
 //!
-//! Not yet: the peer list and infos, PATCH of a peer, the peer and point logs,
+//! Peers: `GET /network/peers?filter=`, `GET|PATCH /network/peers/<peer_id>` (`peers`).
+//!
+//! Not yet: the peer and point logs,
 //! `full_stat`, the greylist lists, OpenAPI.
 
 mod connmgr;
+mod peers;
 mod points;
 
 use axum::extract::{Path, Query, State};
@@ -90,16 +93,17 @@ fn version_json(v: &NetworkVersion) -> Value {
     })
 }
 
-fn metadata_json(m: &ConnectionMetadata) -> Value {
+pub(crate) fn metadata_json(m: &ConnectionMetadata) -> Value {
     json!({ "disable_mempool": m.disable_mempool, "private_node": m.private_node })
 }
 
 /// octez's `P2p_connection.Info` JSON.
 fn connection_json(c: &ConnectionInfo, local: &ConnectionMetadata) -> Value {
-    let mut id_point = json!({ "addr": c.remote_addr.ip().to_string() });
-    if let Some(p) = c.listening_point {
-        id_point["port"] = json!(p.port());
-    }
+    // octez's `P2p_connection.Id`: the address as IPv6 (IPv4-mapped), the port if known.
+    let id_point = json!(peerpool_proto::pool::IdPoint {
+        addr: c.remote_addr.ip(),
+        port: c.listening_point.map(|p| p.port()),
+    });
     json!({
         "incoming": c.direction == Direction::Incoming,
         "peer_id": c.peer_id.to_string(),
@@ -295,6 +299,7 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
         .route("/network/log", get(log::<M, P>))
         .merge(connmgr::routes::<M, P>())
         .merge(points::routes::<M, P>())
+        .merge(peers::routes::<M, P>())
         .fallback(not_found)
         .with_state(Rpc { node, local, trims })
 }

@@ -42,7 +42,10 @@ async fn every_network_route_answers_as_octez_does() {
     let conn = &list[0];
     assert_eq!(conn["incoming"], true);
     assert_eq!(conn["peer_id"], b_id.as_str());
-    assert_eq!(conn["id_point"]["addr"], "127.0.0.1");
+    assert_eq!(
+        conn["id_point"]["addr"], "::ffff:127.0.0.1",
+        "IPv6, as octez"
+    );
     assert_eq!(
         conn["id_point"]["port"],
         b.local_addr().unwrap().port(),
@@ -398,6 +401,98 @@ async fn points_are_listed_filtered_shown_and_patched() {
     .await;
     assert_eq!(s, 400);
     for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn peers_are_listed_filtered_shown_and_patched() {
+    let a = node(61).await;
+    let b = node(62).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    link(&a, &b).await;
+    let b_id = b.peer_id().to_string();
+    let (s, body) = request(rpc, "GET", "/network/peers").await;
+    assert_eq!(s, 200, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let entry = list
+        .iter()
+        .find(|e| e[0] == b_id.as_str())
+        .unwrap_or_else(|| panic!("{body}"));
+    let info = &entry[1];
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["trusted"], false);
+    assert_eq!(info["score"], 1.0);
+    assert_eq!(info["conn_metadata"]["private_node"], false);
+    assert_eq!(info["reachable_at"]["addr"], "::ffff:127.0.0.1");
+    assert!(info["stat"]["total_recv"].is_string(), "{info}");
+    assert!(
+        info["last_established_connection"][0]["addr"].is_string(),
+        "{info}"
+    );
+    assert!(info.get("peer_metadata").is_some());
+    let (_, body) = request(rpc, "GET", "/network/peers?filter=disconnected").await;
+    let none: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(none.iter().all(|e| e[0] != b_id.as_str()));
+    assert_eq!(
+        request(rpc, "GET", "/network/peers?filter=asleep").await.0,
+        400
+    );
+    let (s, body) = request(rpc, "GET", &format!("/network/peers/{b_id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["state"],
+        "running"
+    );
+    let unknown = node(63).await;
+    let (s, _) = request(rpc, "GET", &format!("/network/peers/{}", unknown.peer_id())).await;
+    assert_eq!(s, 404);
+    // Trust, then ban (which closes the connection).
+    let (s, body) = send_json(
+        rpc,
+        "PATCH",
+        &format!("/network/peers/{b_id}"),
+        "{\"acl\": \"trust\"}",
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["trusted"],
+        true
+    );
+    let mut events = a.events();
+    let (s, body) = send_json(
+        rpc,
+        "PATCH",
+        &format!("/network/peers/{b_id}"),
+        "{\"acl\": \"ban\"}",
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["trusted"],
+        false
+    );
+    while a.connection(&b.peer_id()).is_some() {
+        let _ = events.recv().await;
+    }
+    let (_, body) = request(rpc, "GET", &format!("/network/peers/{b_id}/banned")).await;
+    assert_eq!(body, "true");
+    let (s, _) = send_json(
+        rpc,
+        "PATCH",
+        &format!("/network/peers/{b_id}"),
+        "{\"acl\": \"later\"}",
+    )
+    .await;
+    assert_eq!(s, 400);
+    for n in [a, b, unknown] {
         n.shutdown().await;
     }
 }

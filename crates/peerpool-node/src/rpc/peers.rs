@@ -1,0 +1,169 @@
+//! `/network/peers`: the known peers and their infos, and the operator's actions on one
+//! (BEHAVIOUR.md §10), in octez's JSON (`P2p_peer.Info`: `score`, `trusted`,
+//! `conn_metadata?`, `peer_metadata`, `state` (`accepted|running|disconnected`),
+//! `reachable_at?`, `stat`, the `last_*` as `[id_point, date]`).
+
+use super::{metadata_json, parse_peer, RpcError, S};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use peerpool::{Node, PeerMetadata};
+use peerpool_proto::message::AppMessage;
+use peerpool_proto::pool::{IdPoint, PeerInfo, PeerState, Time};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+fn state_name(s: &PeerState) -> &'static str {
+    match s {
+        PeerState::Accepted { .. } => "accepted",
+        PeerState::Running { .. } => "running",
+        PeerState::Disconnected => "disconnected",
+    }
+}
+
+/// octez's `P2p_peer.Info` JSON of `p` on `node` (its connection's metadata and traffic
+/// when connected).
+async fn peer_json<M: AppMessage, P: PeerMetadata>(node: &Node<M, P>, p: &PeerInfo<P>) -> Value {
+    let connection = node.connection(&p.peer_id());
+    let stat = connection
+        .as_ref()
+        .map(|c| c.scheduler().stat())
+        .unwrap_or_default();
+    let mut o = Map::new();
+    o.insert("score".into(), json!(p.metadata.score()));
+    o.insert("trusted".into(), json!(p.trusted));
+    if let Some(c) = &connection {
+        o.insert("conn_metadata".into(), metadata_json(&c.info().metadata));
+    }
+    o.insert(
+        "peer_metadata".into(),
+        serde_json::to_value(&p.metadata).unwrap_or(Value::Null),
+    );
+    o.insert("state".into(), json!(state_name(&p.state())));
+    if let Some(at) = p.current_point() {
+        o.insert("reachable_at".into(), json!(at));
+    }
+    o.insert(
+        "stat".into(),
+        serde_json::to_value(stat).unwrap_or(Value::Null),
+    );
+    let stamped = |x: Option<(IdPoint, Time)>| x.map(|(at, t)| json!([at, t.to_rfc3339()]));
+    for (key, value) in [
+        (
+            "last_failed_connection",
+            stamped(p.last_failed_connection()),
+        ),
+        (
+            "last_rejected_connection",
+            stamped(p.last_rejected_connection()),
+        ),
+        (
+            "last_established_connection",
+            stamped(p.last_established_connection()),
+        ),
+        ("last_disconnection", stamped(p.last_disconnection())),
+        ("last_seen", stamped(p.last_seen())),
+        ("last_miss", stamped(p.last_miss())),
+    ] {
+        if let Some(v) = value {
+            o.insert(key.into(), v);
+        }
+    }
+    Value::Object(o)
+}
+
+#[derive(Debug, Deserialize)]
+struct Filter {
+    filter: Option<String>,
+}
+
+async fn list<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Query(q): Query<Filter>,
+) -> Result<Json<Value>, RpcError> {
+    // `?filter=` is repeatable in octez; here one value or several separated by commas.
+    let wanted: Vec<String> = q
+        .filter
+        .map(|f| f.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    for w in &wanted {
+        if !["accepted", "running", "disconnected"].contains(&w.as_str()) {
+            return Err(RpcError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_filter",
+                format!("filter {w:?}: accepted, running or disconnected"),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for p in r.node.peers().await {
+        if wanted.is_empty() || wanted.iter().any(|w| w == state_name(&p.state())) {
+            out.push(json!([
+                p.peer_id().to_string(),
+                peer_json(&r.node, &p).await
+            ]));
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn info<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(peer): Path<String>,
+) -> Result<Json<Value>, RpcError> {
+    let peer = parse_peer(&peer)?;
+    match r.node.peer_info(peer).await {
+        Some(p) => Ok(Json(peer_json(&r.node, &p).await)),
+        None => Err(RpcError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_peer",
+            format!("{peer} is not known"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patch {
+    acl: Option<String>,
+}
+
+async fn patch<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+    Path(peer): Path<String>,
+    body: String,
+) -> Result<Json<Value>, RpcError> {
+    let peer_id = parse_peer(&peer)?;
+    let patch: Patch = serde_json::from_str(&body).map_err(|e| {
+        RpcError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("{{\"acl\"?}}: {e}"),
+        )
+    })?;
+    match patch.acl.as_deref() {
+        None => {}
+        Some("ban") => r.node.ban_peer(peer_id).await,
+        Some("trust") => r.node.trust_peer(peer_id).await,
+        Some("open") => r.node.open_peer(peer_id).await,
+        Some(other) => {
+            return Err(RpcError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_acl",
+                format!("acl {other:?}: ban, trust or open"),
+            ))
+        }
+    }
+    info(State(r), Path(peer)).await
+}
+
+/// The routes, to merge into the RPC's router.
+pub(super) fn routes<M: AppMessage, P: PeerMetadata>() -> Router<super::Rpc<M, P>> {
+    Router::new()
+        .route("/network/peers", get(list::<M, P>))
+        .route(
+            "/network/peers/{peer_id}",
+            get(info::<M, P>).patch(patch::<M, P>),
+        )
+}
