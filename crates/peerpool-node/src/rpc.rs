@@ -14,8 +14,9 @@
 //!
 //! Peers: `GET /network/peers?filter=`, `GET|PATCH /network/peers/<peer_id>` (`peers`).
 //!
-//! Not yet: the peer and point logs,
-//! `full_stat`, the greylist lists, OpenAPI.
+//! Also `GET /network/full_stat`.
+//!
+//! Not yet: the peer and point logs (and `?monitor`), the greylist lists, OpenAPI.
 
 mod connmgr;
 mod peers;
@@ -251,6 +252,42 @@ async fn clear_greylist<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Js
     Json(json!({}))
 }
 
+/// `GET /network/full_stat`: octez's `{stat, incoming_connections, outgoing_connections,
+/// peers: [[id, info]], points: [[point, info]]}`.
+async fn full_stat<M: AppMessage, P: PeerMetadata>(
+    State(r): S<M, P>,
+) -> Result<Json<Value>, RpcError> {
+    let Json(stat) = stat(State(r.clone())).await?;
+    let (incoming, outgoing): (Vec<_>, Vec<_>) = r
+        .node
+        .connection_infos()
+        .into_iter()
+        .partition(|c| c.direction == Direction::Incoming);
+    let conns = |list: Vec<ConnectionInfo>| -> Vec<Value> {
+        list.iter().map(|c| connection_json(c, &r.local)).collect()
+    };
+    let mut peers = Vec::new();
+    for p in r.node.peers().await {
+        peers.push(json!([
+            p.peer_id().to_string(),
+            peers::peer_json(&r.node, &p).await
+        ]));
+    }
+    let mut points = r.node.points().await;
+    points.sort_by_key(peerpool_proto::pool::PointInfo::point);
+    let points: Vec<Value> = points
+        .iter()
+        .map(|p| json!([p.point().to_string(), points::point_json(p)]))
+        .collect();
+    Ok(Json(json!({
+        "stat": stat,
+        "incoming_connections": conns(incoming),
+        "outgoing_connections": conns(outgoing),
+        "peers": peers,
+        "points": points,
+    })))
+}
+
 /// `GET /network/log`: the pool's events as they happen, one JSON object per line.
 async fn log<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Response {
     let events = r.node.events();
@@ -297,6 +334,7 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
         .route("/network/points/{point}/banned", get(point_banned::<M, P>))
         .route("/network/greylist", delete(clear_greylist::<M, P>))
         .route("/network/log", get(log::<M, P>))
+        .route("/network/full_stat", get(full_stat::<M, P>))
         .merge(connmgr::routes::<M, P>())
         .merge(points::routes::<M, P>())
         .merge(peers::routes::<M, P>())

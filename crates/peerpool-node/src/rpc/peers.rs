@@ -24,7 +24,10 @@ fn state_name(s: &PeerState) -> &'static str {
 
 /// octez's `P2p_peer.Info` JSON of `p` on `node` (its connection's metadata and traffic
 /// when connected).
-async fn peer_json<M: AppMessage, P: PeerMetadata>(node: &Node<M, P>, p: &PeerInfo<P>) -> Value {
+pub(super) async fn peer_json<M: AppMessage, P: PeerMetadata>(
+    node: &Node<M, P>,
+    p: &PeerInfo<P>,
+) -> Value {
     let connection = node.connection(&p.peer_id());
     let stat = connection
         .as_ref()

@@ -496,3 +496,50 @@ async fn peers_are_listed_filtered_shown_and_patched() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn full_stat_gathers_stat_connections_peers_and_points() {
+    let a = node(71).await;
+    let b = node(72).await;
+    let c = node(73).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    link(&a, &b).await; // incoming at a
+    a.connect(Point::from(c.local_addr().unwrap()), None)
+        .await
+        .unwrap(); // outgoing at a
+    let (s, body) = request(rpc, "GET", "/network/full_stat").await;
+    assert_eq!(s, 200, "{body}");
+    let full: Value = serde_json::from_str(&body).unwrap();
+    assert!(full["stat"]["total_sent"].is_string());
+    assert_eq!(
+        full["incoming_connections"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        full["outgoing_connections"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        full["incoming_connections"][0]["peer_id"],
+        b.peer_id().to_string()
+    );
+    assert_eq!(
+        full["outgoing_connections"][0]["peer_id"],
+        c.peer_id().to_string()
+    );
+    assert_eq!(full["peers"].as_array().map(Vec::len), Some(2), "{body}");
+    assert!(full["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p[0] == Point::from(c.local_addr().unwrap()).to_string()));
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
