@@ -8,6 +8,7 @@
 //! - [`probe`]: `peerpool probe ADDR:PORT`, a handshake check for operators.
 //! - [`sandbox`]: `peerpool sandbox`, N nodes on 127.0.0.x in one process.
 
+mod admin;
 mod identity_cmd;
 mod metadata;
 mod metrics;
@@ -43,6 +44,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Run a local network of nodes on 127.0.0.1 … 127.0.0.N.
     Sandbox(sandbox::SandboxArgs),
+    /// Query and control a running node through its RPC (`node --rpc-addr`).
+    Admin(admin::AdminArgs),
 }
 
 /// The default data directory: `$HOME/.peerpool-node` (like octez's `~/.tezos-node`).
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Identity { command } => identity_cmd::run(command),
+        Command::Admin(args) => admin::run(args),
         Command::Node(args) => {
             init_tracing("info");
             runtime.block_on(node_cmd::run(args))

@@ -392,8 +392,46 @@ fn node_serves_metrics_and_the_rpc_where_asked() {
     let (metrics, rpc) = (metrics.expect("metrics address"), rpc.expect("RPC address"));
     let body = http_get(&metrics, "/metrics");
     let self_id = http_get(&rpc, "/network/self");
+    // The admin client against it.
+    let endpoint = format!("http://{rpc}");
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin", "--endpoint", endpoint.as_str()];
+        all.extend_from_slice(args);
+        peerpool(&all)
+    };
+    let stat = admin(&["stat"]);
+    let conns = admin(&["--json", "connections"]);
+    let trust = admin(&["trust", "127.0.0.50:9732"]);
+    let points = admin(&["points"]);
+    let refused = admin(&["connect", "127.0.0.1:1", "--timeout", "2"]);
     let _ = node.kill();
     let _ = node.wait();
+    let unreachable = admin(&["stat"]);
+    assert_eq!(stat.status.code(), Some(0), "{}", text(&stat));
+    assert!(
+        String::from_utf8_lossy(&stat.stdout).contains("total sent"),
+        "{}",
+        text(&stat)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&conns.stdout).trim(),
+        "[]",
+        "{}",
+        text(&conns)
+    );
+    assert_eq!(trust.status.code(), Some(0), "{}", text(&trust));
+    assert!(
+        String::from_utf8_lossy(&points.stdout).contains("127.0.0.50:9732"),
+        "{}",
+        text(&points)
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("connection_failed"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(unreachable.status.code(), Some(2), "{}", text(&unreachable));
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("peerpool_p2p_connections_active 0"), "{body}");
     assert!(self_id.starts_with("HTTP/1.1 200"), "{self_id}");
