@@ -55,6 +55,10 @@ pub struct SandboxArgs {
     /// Each node's upload cap, KiB/s (octez config unit).
     #[arg(long)]
     pub max_upload_speed: Option<u64>,
+    /// Where node 1 serves its admin RPC and `/metrics` (explore the network with
+    /// `peerpool admin`); when the address is taken, any free port on 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:8732")]
+    pub rpc_addr: std::net::SocketAddr,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -142,6 +146,25 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             handle,
             received,
         });
+    }
+    // Node 1's RPC, and its metrics on a free port beside it.
+    if let Some(first) = nodes.first() {
+        let local = peerpool_proto::connection_message::ConnectionMetadata::default();
+        let mut bound = crate::rpc::serve(args.rpc_addr, first.handle.clone(), local).await;
+        if bound.is_err() {
+            let any = std::net::SocketAddr::new(args.rpc_addr.ip(), 0);
+            bound = crate::rpc::serve(any, first.handle.clone(), local).await;
+        }
+        match bound {
+            Ok(addr) => {
+                eprintln!("node 1's RPC: http://{addr}/network (peerpool admin --endpoint http://{addr} connections)");
+                let metrics = std::net::SocketAddr::new(addr.ip(), 0);
+                if let Ok(m) = crate::metrics::serve(metrics, first.handle.clone()).await {
+                    eprintln!("node 1's metrics: http://{m}/metrics");
+                }
+            }
+            Err(e) => eprintln!("warning: node 1's RPC not served: {e}"),
+        }
     }
     // Every node is given the bootstrap nodes' points (the bootstrap nodes each other's),
     // as octez's `--peer` / bootstrap peers: trusted points, and nothing else.

@@ -241,6 +241,8 @@ fn sandbox_ends_with_every_node_connected() {
     assert!(t.contains("nodes with none: 0"), "{t}");
     assert!(t.contains("outside [4, 12] connections: 0"), "{t}");
     assert!(t.contains("127.0.0.6:"), "{t}");
+    assert!(t.contains("node 1's RPC: http://127.0.0.1:"), "{t}");
+    assert!(t.contains("node 1's metrics: http://127.0.0.1:"), "{t}");
 }
 
 /// SIGTERM (what service managers and containers send) stops the node as Ctrl-C does:
