@@ -9,6 +9,8 @@
 //! - [`sandbox`]: `peerpool sandbox`, N nodes on 127.0.0.x in one process.
 
 mod admin;
+mod config_cmd;
+mod config_file;
 mod identity_cmd;
 mod metadata;
 mod metrics;
@@ -46,6 +48,11 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Query and control a running node through its RPC (`node --rpc-addr`).
     Admin(admin::AdminArgs),
+    /// Write a default configuration file, or show the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: config_cmd::ConfigCommand,
+    },
 }
 
 /// The default data directory: `$HOME/.peerpool-node` (like octez's `~/.tezos-node`).
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Identity { command } => identity_cmd::run(command),
         Command::Admin(args) => admin::run(args),
+        Command::Config { command } => config_cmd::run(command),
         Command::Node(args) => {
             init_tracing("info");
             runtime.block_on(node_cmd::run(args))

@@ -17,18 +17,25 @@ use tracing::{error, info};
 /// `peerpool node` options.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "[::]:9732")]
-    pub net_addr: SocketAddr,
+    /// octez's node configuration file (`.json` or `.toml`): its `p2p` section, its
+    /// `data-dir`, and our `peerpool` section; the flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default `[::]:9732`).
+    #[arg(long)]
+    pub net_addr: Option<SocketAddr>,
     /// A peer to connect to, `addr:port` or `addr:port#peer_id` (repeatable).
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(Point, Option<PeerId>)>,
     /// Chain name announced and required from peers.
     #[arg(long, default_value = "TEZOS_MAINNET")]
     pub chain_name: String,
-    /// Proof-of-work difficulty required from peers and for a new identity.
-    #[arg(long, default_value_t = 26.0)]
-    pub expected_pow: f64,
+    /// Proof-of-work difficulty required from peers and for a new identity (default 26).
+    #[arg(long)]
+    pub expected_pow: Option<f64>,
+    /// Ignore the configuration file's `bootstrap-peers`.
+    #[arg(long)]
+    pub no_bootstrap_peers: bool,
     /// Data directory (identity.json is created there on first start).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -137,14 +144,34 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 
 /// Runs the node until Ctrl-C or SIGTERM, then shuts it down (saving the peers file).
 pub async fn run(args: NodeArgs) -> ExitCode {
-    let target = match PowTarget::new(args.expected_pow) {
+    let file = match args
+        .config
+        .as_deref()
+        .map(crate::config_file::load)
+        .transpose()
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pow = args
+        .expected_pow
+        .or(file.as_ref().and_then(|f| f.expected_pow))
+        .unwrap_or(26.0);
+    let target = match PowTarget::new(pow) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.as_ref().and_then(|f| f.data_dir.clone()))
+        .unwrap_or_else(crate::default_data_dir);
     let identity = match identity_cmd::load_or_create(&data_dir, &target) {
         Ok(id) => Arc::new(id),
         Err(e) => {
@@ -152,24 +179,24 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Defaults, then the file, then the flags given.
     let mut config = NodeConfig::new(identity.clone(), &args.chain_name);
-    config.listen_addr = Some(args.net_addr);
-    config.pow_target = target;
+    config.listen_addr = Some(SocketAddr::from(([0u16; 8], 9732)));
     config.peers_file = Some(data_dir.join("peers.json"));
-    config.pool.private_mode = args.private_mode;
-    config.io_scheduler.max_download_speed =
-        args.max_download_speed.map(|k| k.saturating_mul(1024));
-    config.io_scheduler.max_upload_speed = args.max_upload_speed.map(|k| k.saturating_mul(1024));
-    if let Some(n) = args.connections {
-        config.set_connections(usize::from(n));
+    if let Some(f) = &file {
+        f.apply(&mut config);
+        if !f.ignored.is_empty() {
+            info!(ignored = ?f.ignored, "configuration keys peerpool does not use");
+        }
     }
-    config.policy.maintenance.enabled = !args.disable_p2p_maintenance;
-    if args.disable_p2p_swap {
-        config.policy.swap_linger = None;
-    }
-    config.discovery = args
+    config.pow_target = target;
+    apply_flags(&args, &mut config);
+    let discovery = args
         .discovery_addr
-        .map(|a| peerpool::discovery::DiscoveryConfig::new(a.ip(), a.port()));
+        .or(file.as_ref().and_then(|f| f.discovery_addr));
+    config.discovery =
+        discovery.map(|a| peerpool::discovery::DiscoveryConfig::new(a.ip(), a.port()));
+    let local_metadata = config.metadata;
     let config = match config.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -177,7 +204,6 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let local_metadata = config.get().metadata;
     let node = match BinaryNode::start(config).await {
         Ok(n) => n,
         Err(e) => {
@@ -212,8 +238,18 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             }
         }
     }
-    for (point, expected) in args.peers {
-        node.add_peer(point, expected).await;
+    for (point, expected) in &args.peers {
+        node.add_peer(*point, *expected).await;
+    }
+    let bootstrap = file.as_ref().and_then(|f| f.bootstrap_peers.clone());
+    if let (Some(peers), false) = (bootstrap, args.no_bootstrap_peers) {
+        let (resolved, failed) = crate::config_file::resolve(&peers).await;
+        for (host, why) in failed {
+            tracing::warn!(%host, reason = %why, "bootstrap peer skipped: it does not resolve");
+        }
+        for (point, expected) in resolved {
+            node.add_peer(point, expected).await;
+        }
     }
     node.activate().await;
     stop.await;
@@ -221,4 +257,29 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     node.shutdown().await;
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The flags that override the configuration file, applied to `config`.
+pub fn apply_flags(args: &NodeArgs, config: &mut NodeConfig) {
+    if let Some(a) = args.net_addr {
+        config.listen_addr = Some(a);
+    }
+    if args.private_mode {
+        config.pool.private_mode = true;
+    }
+    if let Some(k) = args.max_download_speed {
+        config.io_scheduler.max_download_speed = Some(k.saturating_mul(1024));
+    }
+    if let Some(k) = args.max_upload_speed {
+        config.io_scheduler.max_upload_speed = Some(k.saturating_mul(1024));
+    }
+    if let Some(n) = args.connections {
+        config.set_connections(usize::from(n));
+    }
+    if args.disable_p2p_maintenance {
+        config.policy.maintenance.enabled = false;
+    }
+    if args.disable_p2p_swap {
+        config.policy.swap_linger = None;
+    }
 }

@@ -439,3 +439,37 @@ fn node_serves_metrics_and_the_rpc_where_asked() {
     assert!(self_id.starts_with("HTTP/1.1 200"), "{self_id}");
     assert!(self_id.contains("\"id"), "a peer id: {self_id}");
 }
+
+#[test]
+fn config_init_show_and_a_bad_value_at_start() {
+    let dir = temp_dir("config");
+    let file = dir.join("peerpool.toml");
+    let file_s = file.to_str().unwrap();
+    let out = peerpool(&["config", "init", "--output", file_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = peerpool(&["config", "init", "--output", file_s]);
+    assert_ne!(again.status.code(), Some(0), "never overwrites");
+    let out = peerpool(&["config", "show", "--config", file_s, "--connections", "8"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        shown["p2p"]["limits"]["max-connections"], 12,
+        "the flag wins"
+    );
+    assert_eq!(shown["p2p"]["limits"]["connection-timeout"], 10);
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"p2p": {"limits": {"backlog": 0}}}"#).unwrap();
+    let out = peerpool(&[
+        "node",
+        "--config",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("p2p.limits.backlog = 0: an integer in [1, 65535]"),
+        "{}",
+        text(&out)
+    );
+}
