@@ -15,6 +15,7 @@ mod identity_cmd;
 mod metadata;
 mod metrics;
 mod node_cmd;
+mod pictures;
 mod probe;
 mod rpc;
 mod sandbox;

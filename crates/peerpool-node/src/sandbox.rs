@@ -59,6 +59,9 @@ pub struct SandboxArgs {
     /// `peerpool admin`); when the address is taken, any free port on 127.0.0.1.
     #[arg(long, default_value = "127.0.0.1:8732")]
     pub rpc_addr: std::net::SocketAddr,
+    /// Where to write `topology.svg` and `connections.svg` at the end.
+    #[arg(long, default_value = "sandbox")]
+    pub pictures: std::path::PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -203,10 +206,16 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
     let live = std::io::stdout().is_terminal();
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
+    let mut samples: Vec<(f64, Vec<usize>)> = Vec::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                samples.push((
+                    started.elapsed().as_secs_f64(),
+                    nodes.iter().map(|n| n.handle.connections().len()).collect(),
+                ));
                 if live {
                     print!("\x1b[2J\x1b[H");
                     print_table(&nodes, "live").await;
@@ -224,6 +233,8 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
     let max = c * 3 / 2;
     let outside = counts.iter().filter(|k| !(min..=max).contains(*k)).count();
     println!("nodes outside [{min}, {max}] connections: {outside}");
+    samples.push((started.elapsed().as_secs_f64(), counts.clone()));
+    write_pictures(&args.pictures, &nodes, &samples, min, max);
     let mut stopping = tokio::task::JoinSet::new();
     for node in &nodes {
         let handle = node.handle.clone();
@@ -282,4 +293,60 @@ async fn print_table(nodes: &[SandboxNode], title: &str) -> Vec<usize> {
         counts.iter().sum::<usize>() / 2
     );
     counts
+}
+
+/// Writes `topology.svg` and `connections.svg` into `dir` and says where; a failure is
+/// reported, not fatal.
+fn write_pictures(
+    dir: &std::path::Path,
+    nodes: &[SandboxNode],
+    samples: &[(f64, Vec<usize>)],
+    min: usize,
+    max: usize,
+) {
+    let index: std::collections::HashMap<_, _> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.handle.peer_id(), i))
+        .collect();
+    let views: Vec<crate::pictures::NodeView> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let infos = n.handle.connection_infos();
+            crate::pictures::NodeView {
+                label: format!("{}", i + 1),
+                dialled: infos
+                    .iter()
+                    .filter(|c| c.direction == peerpool_proto::handshake::Direction::Outgoing)
+                    .filter_map(|c| index.get(&c.peer_id).copied())
+                    .collect(),
+                connections: infos.len(),
+            }
+        })
+        .collect();
+    let pictures = [
+        (
+            "topology.svg",
+            crate::pictures::topology_svg(&views, min, max),
+        ),
+        (
+            "connections.svg",
+            crate::pictures::connections_svg(samples, min, max),
+        ),
+    ];
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("warning: no pictures: cannot create {}: {e}", dir.display());
+        return;
+    }
+    for (name, svg) in pictures {
+        let path = dir.join(name);
+        match svg
+            .map_err(|e| e.to_string())
+            .and_then(|text| std::fs::write(&path, text).map_err(|e| e.to_string()))
+        {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => eprintln!("warning: {}: {e}", path.display()),
+        }
+    }
 }

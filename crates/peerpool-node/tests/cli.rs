@@ -227,6 +227,7 @@ fn probe_against_a_node_reports_ack_then_nack() {
 
 #[test]
 fn sandbox_ends_with_every_node_connected() {
+    let pictures = temp_dir("sandbox-pictures");
     let out = peerpool(&[
         "sandbox",
         "--nodes",
@@ -235,6 +236,8 @@ fn sandbox_ends_with_every_node_connected() {
         "3s",
         "--base-port",
         "0",
+        "--pictures",
+        pictures.to_str().unwrap(),
     ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -243,6 +246,14 @@ fn sandbox_ends_with_every_node_connected() {
     assert!(t.contains("127.0.0.6:"), "{t}");
     assert!(t.contains("node 1's RPC: http://127.0.0.1:"), "{t}");
     assert!(t.contains("node 1's metrics: http://127.0.0.1:"), "{t}");
+    // Both pictures, said where, and SVG.
+    for name in ["topology.svg", "connections.svg"] {
+        let path = pictures.join(name);
+        assert!(t.contains(&format!("wrote {}", path.display())), "{t}");
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        assert_eq!(doc.root_element().tag_name().name(), "svg", "{name}");
+    }
 }
 
 /// SIGTERM (what service managers and containers send) stops the node as Ctrl-C does:
