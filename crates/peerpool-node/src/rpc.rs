@@ -16,9 +16,12 @@
 //!
 //! Also `GET /network/full_stat`.
 //!
-//! Not yet: the peer and point logs (and `?monitor`), the greylist lists, OpenAPI.
+//! Logs: `GET /network/{peers/<peer_id>,points/<point>}/log[?monitor]` (`logs`).
+//!
+//! Not yet: the greylist lists, OpenAPI.
 
 mod connmgr;
+mod logs;
 mod peers;
 mod points;
 
@@ -338,6 +341,7 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
         .merge(connmgr::routes::<M, P>())
         .merge(points::routes::<M, P>())
         .merge(peers::routes::<M, P>())
+        .merge(logs::routes::<M, P>())
         .fallback(not_found)
         .with_state(Rpc { node, local, trims })
 }

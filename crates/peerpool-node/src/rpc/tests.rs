@@ -543,3 +543,77 @@ async fn full_stat_gathers_stat_connections_peers_and_points() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn peer_and_point_logs_list_and_monitor() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = node(81).await;
+    let b = node(82).await;
+    let c = node(83).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    let b_point = Point::from(b.local_addr().unwrap());
+    a.connect(b_point, None).await.unwrap();
+    let (s, body) = request(rpc, "GET", &format!("/network/points/{b_point}/log")).await;
+    assert_eq!(s, 200, "{body}");
+    let log: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<&str> = log
+        .iter()
+        .filter_map(|e| e[1]["event_kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"outgoing_request"), "{body}");
+    assert!(kinds.contains(&"connection_established"), "{body}");
+    assert!(log[0][0].is_string(), "a date first: {body}");
+    let (s, body) = request(rpc, "GET", &format!("/network/peers/{}/log", b.peer_id())).await;
+    assert_eq!(s, 200, "{body}");
+    let log: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        log.iter().any(|e| e["kind"] == "connection_established"),
+        "{body}"
+    );
+    assert!(
+        log[0]["timestamp"].is_string() && log[0]["addr"].is_string(),
+        "{body}"
+    );
+    assert_eq!(
+        request(rpc, "GET", "/network/points/127.0.0.99:1/log")
+            .await
+            .0,
+        404
+    );
+
+    // Monitor c's point: nothing yet known of it, so add it, then connect.
+    let c_point = Point::from(c.local_addr().unwrap());
+    a.add_peer(c_point, None).await;
+    let mut s = tokio::net::TcpStream::connect(rpc).await.unwrap();
+    let req = format!("GET /network/points/{c_point}/log?monitor HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    a.connect(c_point, None).await.unwrap();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !String::from_utf8_lossy(&seen).contains("connection_established") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        true
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{}", String::from_utf8_lossy(&seen));
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
