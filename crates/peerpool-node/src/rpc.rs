@@ -18,7 +18,9 @@
 //!
 //! Logs: `GET /network/{peers/<peer_id>,points/<point>}/log[?monitor]` (`logs`).
 //!
-//! Not yet: the greylist lists, OpenAPI.
+//! And `GET /network/greylist/{peers,ips}`.
+//!
+//! Not yet: OpenAPI.
 
 mod connmgr;
 mod logs;
@@ -314,6 +316,27 @@ async fn log<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Response {
         .into_response()
 }
 
+/// `GET /network/greylist/peers`: the greylisted peer ids.
+async fn greylist_peers<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+    let ids: Vec<String> = r
+        .node
+        .greylisted_peers()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Json(json!(ids))
+}
+
+/// `GET /network/greylist/ips`: `{ips, not_reliable_since}` as octez.
+async fn greylist_ips<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+    let (ips, since) = r.node.greylisted_ips().await;
+    Json(json!({
+        "ips": ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "not_reliable_since": since.map(|t| t.to_rfc3339()),
+    }))
+}
+
 async fn not_found() -> RpcError {
     RpcError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
@@ -336,6 +359,8 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
         .route("/network/peers/{peer_id}/banned", get(peer_banned::<M, P>))
         .route("/network/points/{point}/banned", get(point_banned::<M, P>))
         .route("/network/greylist", delete(clear_greylist::<M, P>))
+        .route("/network/greylist/peers", get(greylist_peers::<M, P>))
+        .route("/network/greylist/ips", get(greylist_ips::<M, P>))
         .route("/network/log", get(log::<M, P>))
         .route("/network/full_stat", get(full_stat::<M, P>))
         .merge(connmgr::routes::<M, P>())

@@ -329,6 +329,32 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
         .unwrap_or_default()
     }
 
+    /// The greylisted peer ids (octez `GET /network/greylist/peers`).
+    pub async fn greylisted_peers(&self) -> Vec<PeerId> {
+        self.ask(|policy, _| {
+            policy
+                .pool()
+                .acl()
+                .peer_greylist()
+                .iter()
+                .copied()
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The greylisted IP addresses the node can list (the greylist itself is a Bloom
+    /// filter), and since when that list is incomplete (octez `GET /network/greylist/ips`).
+    pub async fn greylisted_ips(&self) -> (Vec<IpAddr>, Option<Time>) {
+        self.ask(|policy, _| {
+            let g = policy.pool().acl().ip_greylist();
+            (g.listed().copied().collect(), g.list_unreliable_since())
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Whether an address is blacklisted or greylisted.
     pub async fn is_addr_banned(&self, ip: IpAddr) -> bool {
         self.ask(move |policy, _| policy.pool().acl().banned_addr(ip))

@@ -107,6 +107,17 @@ async fn every_network_route_answers_as_octez_does() {
     a.greylist_addr("127.0.0.9".parse().unwrap()).await;
     let (s, body) = request(rpc, "GET", "/network/points/127.0.0.9:9732/banned").await;
     assert_eq!((s, body.as_str()), (200, "true"));
+    let (s, body) = request(rpc, "GET", "/network/greylist/ips").await;
+    assert_eq!(s, 200);
+    let ips: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ips["ips"], json!(["127.0.0.9"]), "{body}");
+    assert!(ips["not_reliable_since"].is_null());
+    a.greylist_peer(b.peer_id()).await;
+    let (s, body) = request(rpc, "GET", "/network/greylist/peers").await;
+    assert_eq!(
+        (s, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!([b_id.clone()]))
+    );
     let (s, body) = request(rpc, "DELETE", "/network/greylist").await;
     assert_eq!((s, body.as_str()), (200, "{}"));
     let (s, body) = request(rpc, "GET", "/network/points/127.0.0.9:9732/banned").await;
