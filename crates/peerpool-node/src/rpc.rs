@@ -27,16 +27,16 @@ mod logs;
 mod peers;
 mod points;
 
+use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use peerpool::{ConnectionInfo, Node, PeerMetadata};
+use peerpool::ConnectionInfo;
 use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
 use peerpool_proto::handshake::Direction;
 use peerpool_proto::identity::PeerId;
-use peerpool_proto::message::AppMessage;
 use peerpool_proto::point::Point;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -123,13 +123,13 @@ fn connection_json(c: &ConnectionInfo, local: &ConnectionMetadata) -> Value {
 }
 
 /// What the handlers share: the node, our own connection metadata, the last trims.
-pub(crate) struct Rpc<M, P> {
-    node: Node<M, P>,
+pub(crate) struct Rpc {
+    node: BinaryNode,
     local: ConnectionMetadata,
     trims: std::sync::Arc<connmgr::Trims>,
 }
 
-impl<M, P> Clone for Rpc<M, P> {
+impl Clone for Rpc {
     fn clone(&self) -> Self {
         Rpc {
             node: self.node.clone(),
@@ -139,20 +139,20 @@ impl<M, P> Clone for Rpc<M, P> {
     }
 }
 
-pub(crate) type S<M, P> = State<Rpc<M, P>>;
+pub(crate) type S = State<Rpc>;
 
-async fn self_id<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn self_id(State(r): S) -> Json<Value> {
     Json(json!(r.node.peer_id().to_string()))
 }
 
-async fn stat<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Result<Json<Value>, RpcError> {
+async fn stat(State(r): S) -> Result<Json<Value>, RpcError> {
     let io = r.node.stats().await.io;
     serde_json::to_value(io)
         .map(Json)
         .map_err(|e| RpcError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string()))
 }
 
-async fn connections<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn connections(State(r): S) -> Json<Value> {
     let list: Vec<Value> = r
         .node
         .connection_infos()
@@ -162,10 +162,7 @@ async fn connections<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<
     Json(Value::Array(list))
 }
 
-async fn connection<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(peer): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn connection(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     r.node
         .connection_infos()
@@ -181,10 +178,7 @@ async fn connection<M: AppMessage, P: PeerMetadata>(
         })
 }
 
-async fn disconnect<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(peer): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn disconnect(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     // `?wait` is accepted; the disconnection (a Disconnect message, then the close) is the
     // same either way here.
     let peer = parse_peer(&peer)?;
@@ -204,8 +198,8 @@ struct ConnectQuery {
     timeout: Option<String>,
 }
 
-async fn connect_point<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn connect_point(
+    State(r): S,
     Path(point): Path<String>,
     Query(q): Query<ConnectQuery>,
 ) -> Result<Json<Value>, RpcError> {
@@ -232,18 +226,12 @@ async fn connect_point<M: AppMessage, P: PeerMetadata>(
         .map_err(|e| RpcError::new(StatusCode::BAD_GATEWAY, "connection_failed", e.to_string()))
 }
 
-async fn peer_banned<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(peer): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn peer_banned(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     Ok(Json(json!(r.node.is_peer_banned(peer).await)))
 }
 
-async fn point_banned<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(point): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn point_banned(State(r): S, Path(point): Path<String>) -> Result<Json<Value>, RpcError> {
     // Blacklisted or greylisted IP; false for a trusted point; the port is ignored.
     let point = parse_point(&point)?;
     let trusted = r.node.point_info(point).await.is_some_and(|i| i.trusted);
@@ -252,16 +240,14 @@ async fn point_banned<M: AppMessage, P: PeerMetadata>(
     )))
 }
 
-async fn clear_greylist<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn clear_greylist(State(r): S) -> Json<Value> {
     r.node.acl_clear().await;
     Json(json!({}))
 }
 
 /// `GET /network/full_stat`: octez's `{stat, incoming_connections, outgoing_connections,
 /// peers: [[id, info]], points: [[point, info]]}`.
-async fn full_stat<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-) -> Result<Json<Value>, RpcError> {
+async fn full_stat(State(r): S) -> Result<Json<Value>, RpcError> {
     let Json(stat) = stat(State(r.clone())).await?;
     let (incoming, outgoing): (Vec<_>, Vec<_>) = r
         .node
@@ -294,7 +280,7 @@ async fn full_stat<M: AppMessage, P: PeerMetadata>(
 }
 
 /// `GET /network/log`: the pool's events as they happen, one JSON object per line.
-async fn log<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Response {
+async fn log(State(r): S) -> Response {
     let events = r.node.events();
     let stream = futures_util::stream::unfold(events, |mut events| async move {
         loop {
@@ -317,7 +303,7 @@ async fn log<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Response {
 }
 
 /// `GET /network/greylist/peers`: the greylisted peer ids.
-async fn greylist_peers<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn greylist_peers(State(r): S) -> Json<Value> {
     let ids: Vec<String> = r
         .node
         .greylisted_peers()
@@ -329,7 +315,7 @@ async fn greylist_peers<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Js
 }
 
 /// `GET /network/greylist/ips`: `{ips, not_reliable_since}` as octez.
-async fn greylist_ips<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn greylist_ips(State(r): S) -> Json<Value> {
     let (ips, since) = r.node.greylisted_ips().await;
     Json(json!({
         "ips": ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -342,31 +328,28 @@ async fn not_found() -> RpcError {
 }
 
 /// The RPC's routes for `node`, whose own connection metadata is `local`.
-pub fn router<M: AppMessage, P: PeerMetadata>(
-    node: Node<M, P>,
-    local: ConnectionMetadata,
-) -> Router {
+pub fn router(node: BinaryNode, local: ConnectionMetadata) -> Router {
     let trims = std::sync::Arc::new(connmgr::Trims::default());
     connmgr::spawn_recorder(&node, trims.clone());
     Router::new()
-        .route("/network/self", get(self_id::<M, P>))
-        .route("/network/stat", get(stat::<M, P>))
-        .route("/network/connections", get(connections::<M, P>))
+        .route("/network/self", get(self_id))
+        .route("/network/stat", get(stat))
+        .route("/network/connections", get(connections))
         .route(
             "/network/connections/{peer_id}",
-            get(connection::<M, P>).delete(disconnect::<M, P>),
+            get(connection).delete(disconnect),
         )
-        .route("/network/peers/{peer_id}/banned", get(peer_banned::<M, P>))
-        .route("/network/points/{point}/banned", get(point_banned::<M, P>))
-        .route("/network/greylist", delete(clear_greylist::<M, P>))
-        .route("/network/greylist/peers", get(greylist_peers::<M, P>))
-        .route("/network/greylist/ips", get(greylist_ips::<M, P>))
-        .route("/network/log", get(log::<M, P>))
-        .route("/network/full_stat", get(full_stat::<M, P>))
-        .merge(connmgr::routes::<M, P>())
-        .merge(points::routes::<M, P>())
-        .merge(peers::routes::<M, P>())
-        .merge(logs::routes::<M, P>())
+        .route("/network/peers/{peer_id}/banned", get(peer_banned))
+        .route("/network/points/{point}/banned", get(point_banned))
+        .route("/network/greylist", delete(clear_greylist))
+        .route("/network/greylist/peers", get(greylist_peers))
+        .route("/network/greylist/ips", get(greylist_ips))
+        .route("/network/log", get(log))
+        .route("/network/full_stat", get(full_stat))
+        .merge(connmgr::routes())
+        .merge(points::routes())
+        .merge(peers::routes())
+        .merge(logs::routes())
         .fallback(not_found)
         .with_state(Rpc { node, local, trims })
 }
@@ -374,9 +357,9 @@ pub fn router<M: AppMessage, P: PeerMetadata>(
 /// Serves the RPC for `node` on `addr`; returns the bound address.
 ///
 /// Errors: the address cannot be bound.
-pub async fn serve<M: AppMessage, P: PeerMetadata>(
+pub async fn serve(
     addr: SocketAddr,
-    node: Node<M, P>,
+    node: BinaryNode,
     local: ConnectionMetadata,
 ) -> std::io::Result<SocketAddr> {
     let app = router(node, local);

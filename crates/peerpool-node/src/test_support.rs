@@ -1,19 +1,19 @@
 //! What the binary's tests share: test nodes on 127.0.0.1 and a minimal HTTP client.
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
-use peerpool::{Node, NodeConfig, NodeEvent};
+use crate::node_cmd::BinaryNode;
+use peerpool::{NodeConfig, NodeEvent};
 use peerpool_proto::identity::{Identity, PowTarget};
-use peerpool_proto::message::RawMessage;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A started, active node on 127.0.0.1 (no proof of work, no maintenance).
-pub async fn node(seed: u64) -> Node<RawMessage> {
+pub async fn node(seed: u64) -> BinaryNode {
     node_with(seed, |_| {}).await
 }
 
 /// [`node`] with its configuration changed by `adjust`.
-pub async fn node_with(seed: u64, adjust: impl FnOnce(&mut NodeConfig)) -> Node<RawMessage> {
+pub async fn node_with(seed: u64, adjust: impl FnOnce(&mut NodeConfig)) -> BinaryNode {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let identity = Identity::generate(&PowTarget::new(0.0).unwrap(), &mut rng);
@@ -23,15 +23,13 @@ pub async fn node_with(seed: u64, adjust: impl FnOnce(&mut NodeConfig)) -> Node<
     c.policy.bootstrap_on_connect = false;
     c.policy.maintenance.enabled = false;
     adjust(&mut c);
-    let n = Node::<RawMessage>::start(c.validate().unwrap())
-        .await
-        .unwrap();
+    let n = BinaryNode::start(c.validate().unwrap()).await.unwrap();
     n.activate().await;
     n
 }
 
 /// `b` connects to `a`; returns once `a` has the connection too (no sleeping).
-pub async fn link(a: &Node<RawMessage>, b: &Node<RawMessage>) {
+pub async fn link(a: &BinaryNode, b: &BinaryNode) {
     let mut events = a.events();
     let point = peerpool_proto::point::Point::from(a.local_addr().unwrap());
     b.connect(point, None).await.unwrap();

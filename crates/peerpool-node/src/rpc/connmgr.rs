@@ -4,13 +4,13 @@
 
 use super::{parse_peer, RpcError, S};
 use crate::metrics::rule_label;
+use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use peerpool::{Node, NodeEvent, PeerMetadata};
+use peerpool::NodeEvent;
 use peerpool_proto::connmgr::{ConnManagerError, ConnManagerEvent, ProtectionRule, Victim};
-use peerpool_proto::message::AppMessage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -81,7 +81,7 @@ fn manager_error(e: ConnManagerError) -> RpcError {
 }
 
 /// Remembers `node`'s trims and evictions until it stops.
-pub(super) fn spawn_recorder<M: AppMessage, P: PeerMetadata>(node: &Node<M, P>, trims: Arc<Trims>) {
+pub(super) fn spawn_recorder(node: &BinaryNode, trims: Arc<Trims>) {
     let mut events = node.events();
     tokio::spawn(async move {
         loop {
@@ -99,10 +99,7 @@ pub(super) fn spawn_recorder<M: AppMessage, P: PeerMetadata>(node: &Node<M, P>, 
     });
 }
 
-async fn tag_info<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(peer): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn tag_info(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     let info = r.node.conn_manager().tag_info(peer).await.ok_or_else(|| {
         RpcError::new(
@@ -125,8 +122,8 @@ struct Weight {
     weight: Option<String>,
 }
 
-async fn tag<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn tag(
+    State(r): S,
     Path((peer, tag)): Path<(String, String)>,
     Query(q): Query<Weight>,
 ) -> Result<Json<Value>, RpcError> {
@@ -147,8 +144,8 @@ async fn tag<M: AppMessage, P: PeerMetadata>(
     Ok(Json(json!({})))
 }
 
-async fn untag<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn untag(
+    State(r): S,
     Path((peer, tag)): Path<(String, String)>,
 ) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
@@ -156,8 +153,8 @@ async fn untag<M: AppMessage, P: PeerMetadata>(
     Ok(Json(json!({})))
 }
 
-async fn protect<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn protect(
+    State(r): S,
     Path((peer, tag)): Path<(String, String)>,
 ) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
@@ -169,8 +166,8 @@ async fn protect<M: AppMessage, P: PeerMetadata>(
     Ok(Json(json!({})))
 }
 
-async fn unprotect<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn unprotect(
+    State(r): S,
     Path((peer, tag)): Path<(String, String)>,
 ) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
@@ -178,26 +175,26 @@ async fn unprotect<M: AppMessage, P: PeerMetadata>(
     Ok(Json(json!({ "still_protected": still })))
 }
 
-async fn trim<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn trim(State(r): S) -> Json<Value> {
     Json(json!({ "closing": r.node.conn_manager().trim_open_conns().await }))
 }
 
-async fn trims<M: AppMessage, P: PeerMetadata>(State(r): S<M, P>) -> Json<Value> {
+async fn trims(State(r): S) -> Json<Value> {
     Json(Value::Array(r.trims.list()))
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes<M: AppMessage, P: PeerMetadata>() -> Router<super::Rpc<M, P>> {
+pub(super) fn routes() -> Router<super::Rpc> {
     Router::new()
-        .route("/network/connmgr/peers/{peer_id}", get(tag_info::<M, P>))
+        .route("/network/connmgr/peers/{peer_id}", get(tag_info))
         .route(
             "/network/connmgr/peers/{peer_id}/tags/{tag}",
-            put(tag::<M, P>).delete(untag::<M, P>),
+            put(tag).delete(untag),
         )
         .route(
             "/network/connmgr/peers/{peer_id}/protection/{tag}",
-            put(protect::<M, P>).delete(unprotect::<M, P>),
+            put(protect).delete(unprotect),
         )
-        .route("/network/connmgr/trim", post(trim::<M, P>))
-        .route("/network/connmgr/trims", get(trims::<M, P>))
+        .route("/network/connmgr/trim", post(trim))
+        .route("/network/connmgr/trims", get(trims))
 }

@@ -5,14 +5,14 @@
 //! `[timestamp, {event_kind, p2p_peer_id?}]`.
 
 use super::{parse_peer, parse_point, RpcError, S};
+use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use peerpool::{Node, NodeEvent, PeerMetadata};
+use peerpool::NodeEvent;
 use peerpool_proto::identity::PeerId;
-use peerpool_proto::message::AppMessage;
 use peerpool_proto::point::Point;
 use peerpool_proto::pool::{PointEvent, PointEventKind};
 use serde::Deserialize;
@@ -48,10 +48,7 @@ fn point_event_json(e: &PointEvent) -> Value {
 }
 
 /// The target's events now, oldest first; `None` when it is not known.
-async fn events<M: AppMessage, P: PeerMetadata>(
-    node: &Node<M, P>,
-    t: Target,
-) -> Option<Vec<Value>> {
+async fn events(node: &BinaryNode, t: Target) -> Option<Vec<Value>> {
     match t {
         Target::Peer(id) => node.peer_info(id).await.map(|p| {
             p.events()
@@ -78,19 +75,15 @@ struct Monitor {
     monitor: Option<String>,
 }
 
-async fn log<M: AppMessage, P: PeerMetadata>(
-    r: super::Rpc<M, P>,
-    t: Target,
-    monitor: bool,
-) -> Result<Response, RpcError> {
+async fn log(r: super::Rpc, t: Target, monitor: bool) -> Result<Response, RpcError> {
     let backlog = events(&r.node, t)
         .await
         .ok_or_else(|| RpcError::new(StatusCode::NOT_FOUND, "unknown", "no such peer or point"))?;
     if !monitor {
         return Ok(Json(Value::Array(backlog)).into_response());
     }
-    struct St<M, P> {
-        node: Node<M, P>,
+    struct St {
+        node: BinaryNode,
         events: peerpool::Events,
         pending: VecDeque<Value>,
         last: Option<Value>,
@@ -131,8 +124,8 @@ async fn log<M: AppMessage, P: PeerMetadata>(
         .into_response())
 }
 
-async fn peer_log<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn peer_log(
+    State(r): S,
     Path(peer): Path<String>,
     Query(q): Query<Monitor>,
 ) -> Result<Response, RpcError> {
@@ -140,8 +133,8 @@ async fn peer_log<M: AppMessage, P: PeerMetadata>(
     log(r, Target::Peer(peer), q.monitor.is_some()).await
 }
 
-async fn point_log<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn point_log(
+    State(r): S,
     Path(point): Path<String>,
     Query(q): Query<Monitor>,
 ) -> Result<Response, RpcError> {
@@ -150,8 +143,8 @@ async fn point_log<M: AppMessage, P: PeerMetadata>(
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes<M: AppMessage, P: PeerMetadata>() -> Router<super::Rpc<M, P>> {
+pub(super) fn routes() -> Router<super::Rpc> {
     Router::new()
-        .route("/network/peers/{peer_id}/log", get(peer_log::<M, P>))
-        .route("/network/points/{point}/log", get(point_log::<M, P>))
+        .route("/network/peers/{peer_id}/log", get(peer_log))
+        .route("/network/points/{point}/log", get(point_log))
 }

@@ -4,13 +4,13 @@
 //! `reachable_at?`, `stat`, the `last_*` as `[id_point, date]`).
 
 use super::{metadata_json, parse_peer, RpcError, S};
+use crate::metadata::OctezPeerMetadata;
+use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use peerpool::{Node, PeerMetadata};
-use peerpool_proto::message::AppMessage;
-use peerpool_proto::pool::{IdPoint, PeerInfo, PeerState, Time};
+use peerpool_proto::pool::{IdPoint, PeerInfo, PeerMeta, PeerState, Time};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -24,10 +24,7 @@ fn state_name(s: &PeerState) -> &'static str {
 
 /// octez's `P2p_peer.Info` JSON of `p` on `node` (its connection's metadata and traffic
 /// when connected).
-pub(super) async fn peer_json<M: AppMessage, P: PeerMetadata>(
-    node: &Node<M, P>,
-    p: &PeerInfo<P>,
-) -> Value {
+pub(super) async fn peer_json(node: &BinaryNode, p: &PeerInfo<OctezPeerMetadata>) -> Value {
     let connection = node.connection(&p.peer_id());
     let stat = connection
         .as_ref()
@@ -81,10 +78,7 @@ struct Filter {
     filter: Option<String>,
 }
 
-async fn list<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Query(q): Query<Filter>,
-) -> Result<Json<Value>, RpcError> {
+async fn list(State(r): S, Query(q): Query<Filter>) -> Result<Json<Value>, RpcError> {
     // `?filter=` is repeatable in octez; here one value or several separated by commas.
     let wanted: Vec<String> = q
         .filter
@@ -111,10 +105,7 @@ async fn list<M: AppMessage, P: PeerMetadata>(
     Ok(Json(Value::Array(out)))
 }
 
-async fn info<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(peer): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn info(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     match r.node.peer_info(peer).await {
         Some(p) => Ok(Json(peer_json(&r.node, &p).await)),
@@ -132,8 +123,8 @@ struct Patch {
     acl: Option<String>,
 }
 
-async fn patch<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn patch(
+    State(r): S,
     Path(peer): Path<String>,
     body: String,
 ) -> Result<Json<Value>, RpcError> {
@@ -162,11 +153,8 @@ async fn patch<M: AppMessage, P: PeerMetadata>(
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes<M: AppMessage, P: PeerMetadata>() -> Router<super::Rpc<M, P>> {
+pub(super) fn routes() -> Router<super::Rpc> {
     Router::new()
-        .route("/network/peers", get(list::<M, P>))
-        .route(
-            "/network/peers/{peer_id}",
-            get(info::<M, P>).patch(patch::<M, P>),
-        )
+        .route("/network/peers", get(list))
+        .route("/network/peers/{peer_id}", get(info).patch(patch))
 }

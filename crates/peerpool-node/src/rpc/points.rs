@@ -8,9 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use peerpool::PeerMetadata;
 use peerpool_proto::identity::PeerId;
-use peerpool_proto::message::AppMessage;
 use peerpool_proto::pool::{PointInfo, PointState, Time};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -76,10 +74,7 @@ struct Filter {
     filter: Option<String>,
 }
 
-async fn list<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Query(q): Query<Filter>,
-) -> Result<Json<Value>, RpcError> {
+async fn list(State(r): S, Query(q): Query<Filter>) -> Result<Json<Value>, RpcError> {
     // `?filter=` is repeatable in octez; here one value or several separated by commas.
     let wanted: Vec<String> = q
         .filter
@@ -104,10 +99,7 @@ async fn list<M: AppMessage, P: PeerMetadata>(
     Ok(Json(Value::Array(list)))
 }
 
-async fn info<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
-    Path(point): Path<String>,
-) -> Result<Json<Value>, RpcError> {
+async fn info(State(r): S, Path(point): Path<String>) -> Result<Json<Value>, RpcError> {
     let point = parse_point(&point)?;
     r.node
         .point_info(point)
@@ -129,8 +121,8 @@ struct Patch {
     peer_id: Option<String>,
 }
 
-async fn patch<M: AppMessage, P: PeerMetadata>(
-    State(r): S<M, P>,
+async fn patch(
+    State(r): S,
     Path(point): Path<String>,
     body: String,
 ) -> Result<Json<Value>, RpcError> {
@@ -168,13 +160,9 @@ async fn patch<M: AppMessage, P: PeerMetadata>(
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes<M: AppMessage, P: PeerMetadata>() -> Router<super::Rpc<M, P>> {
-    Router::new()
-        .route("/network/points", get(list::<M, P>))
-        .route(
-            "/network/points/{point}",
-            get(info::<M, P>)
-                .patch(patch::<M, P>)
-                .put(super::connect_point::<M, P>),
-        )
+pub(super) fn routes() -> Router<super::Rpc> {
+    Router::new().route("/network/points", get(list)).route(
+        "/network/points/{point}",
+        get(info).patch(patch).put(super::connect_point),
+    )
 }
