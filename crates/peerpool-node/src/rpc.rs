@@ -20,7 +20,8 @@
 //!
 //! And `GET /network/greylist/{peers,ips}`.
 //!
-//! Not yet: OpenAPI.
+//! `GET /openapi.json`: the OpenAPI document, generated from the handlers' `utoipa::path`
+//! annotations.
 
 mod connmgr;
 mod logs;
@@ -28,20 +29,20 @@ mod peers;
 mod points;
 
 use crate::node_cmd::BinaryNode;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use peerpool::ConnectionInfo;
 use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
 use peerpool_proto::handshake::Direction;
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::point::Point;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// An RPC error: its HTTP status, a kind and a message.
 #[derive(Debug)]
@@ -141,10 +142,24 @@ impl Clone for Rpc {
 
 pub(crate) type S = State<Rpc>;
 
+#[utoipa::path(
+    get,
+    path = "/network/self",
+    operation_id = "self",
+    tag = "network",
+    responses((status = 200, description = "Our peer id"))
+)]
 async fn self_id(State(r): S) -> Json<Value> {
     Json(json!(r.node.peer_id().to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/stat",
+    operation_id = "stat",
+    tag = "network",
+    responses((status = 200, description = "Global traffic (P2p_stat)"))
+)]
 async fn stat(State(r): S) -> Result<Json<Value>, RpcError> {
     let io = r.node.stats().await.io;
     serde_json::to_value(io)
@@ -152,6 +167,13 @@ async fn stat(State(r): S) -> Result<Json<Value>, RpcError> {
         .map_err(|e| RpcError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/connections",
+    operation_id = "connections",
+    tag = "network",
+    responses((status = 200, description = "Every connection (P2p_connection.Info)"))
+)]
 async fn connections(State(r): S) -> Json<Value> {
     let list: Vec<Value> = r
         .node
@@ -162,6 +184,14 @@ async fn connections(State(r): S) -> Json<Value> {
     Json(Value::Array(list))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/connections/{peer_id}",
+    operation_id = "connection",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
+    responses((status = 200, description = "One connection"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn connection(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     r.node
@@ -178,6 +208,14 @@ async fn connection(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>
         })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/network/connections/{peer_id}",
+    operation_id = "disconnect",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
+    responses((status = 200, description = "Disconnected; `?wait` accepted"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn disconnect(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     // `?wait` is accepted; the disconnection (a Disconnect message, then the close) is the
     // same either way here.
@@ -193,44 +231,27 @@ async fn disconnect(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>
     Ok(Json(json!({})))
 }
 
-#[derive(Debug, Deserialize)]
-struct ConnectQuery {
-    timeout: Option<String>,
-}
-
-async fn connect_point(
-    State(r): S,
-    Path(point): Path<String>,
-    Query(q): Query<ConnectQuery>,
-) -> Result<Json<Value>, RpcError> {
-    let point = parse_point(&point)?;
-    // octez's default: 10 s.
-    let secs = match q.timeout.as_deref() {
-        None => 10.0,
-        Some(t) => t
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-            .ok_or_else(|| {
-                RpcError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_timeout",
-                    format!("timeout {t:?}: seconds in (0, 86400]"),
-                )
-            })?,
-    };
-    r.node
-        .connect_with_timeout(point, None, Some(Duration::from_secs_f64(secs)))
-        .await
-        .map(|_| Json(json!({})))
-        .map_err(|e| RpcError::new(StatusCode::BAD_GATEWAY, "connection_failed", e.to_string()))
-}
-
+#[utoipa::path(
+    get,
+    path = "/network/peers/{peer_id}/banned",
+    operation_id = "peer_banned",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
+    responses((status = 200, description = "Whether the peer is banned (false if trusted)"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn peer_banned(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     Ok(Json(json!(r.node.is_peer_banned(peer).await)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/points/{point}/banned",
+    operation_id = "point_banned",
+    tag = "network",
+    params(("point" = String, Path, description = "A point, ADDR:PORT or [ADDR6]:PORT")),
+    responses((status = 200, description = "Whether the address is banned (false if trusted)"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn point_banned(State(r): S, Path(point): Path<String>) -> Result<Json<Value>, RpcError> {
     // Blacklisted or greylisted IP; false for a trusted point; the port is ignored.
     let point = parse_point(&point)?;
@@ -240,6 +261,13 @@ async fn point_banned(State(r): S, Path(point): Path<String>) -> Result<Json<Val
     )))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/network/greylist",
+    operation_id = "clear_greylist",
+    tag = "network",
+    responses((status = 200, description = "All four access lists cleared"))
+)]
 async fn clear_greylist(State(r): S) -> Json<Value> {
     r.node.acl_clear().await;
     Json(json!({}))
@@ -247,6 +275,13 @@ async fn clear_greylist(State(r): S) -> Json<Value> {
 
 /// `GET /network/full_stat`: octez's `{stat, incoming_connections, outgoing_connections,
 /// peers: [[id, info]], points: [[point, info]]}`.
+#[utoipa::path(
+    get,
+    path = "/network/full_stat",
+    operation_id = "full_stat",
+    tag = "network",
+    responses((status = 200, description = "Stat, connections, peers and points"))
+)]
 async fn full_stat(State(r): S) -> Result<Json<Value>, RpcError> {
     let Json(stat) = stat(State(r.clone())).await?;
     let (incoming, outgoing): (Vec<_>, Vec<_>) = r
@@ -280,6 +315,13 @@ async fn full_stat(State(r): S) -> Result<Json<Value>, RpcError> {
 }
 
 /// `GET /network/log`: the pool's events as they happen, one JSON object per line.
+#[utoipa::path(
+    get,
+    path = "/network/log",
+    operation_id = "log",
+    tag = "network",
+    responses((status = 200, description = "A stream of pool events, one JSON object per line"))
+)]
 async fn log(State(r): S) -> Response {
     let events = r.node.events();
     let stream = futures_util::stream::unfold(events, |mut events| async move {
@@ -303,6 +345,13 @@ async fn log(State(r): S) -> Response {
 }
 
 /// `GET /network/greylist/peers`: the greylisted peer ids.
+#[utoipa::path(
+    get,
+    path = "/network/greylist/peers",
+    operation_id = "greylist_peers",
+    tag = "network",
+    responses((status = 200, description = "Greylisted peer ids"))
+)]
 async fn greylist_peers(State(r): S) -> Json<Value> {
     let ids: Vec<String> = r
         .node
@@ -315,6 +364,13 @@ async fn greylist_peers(State(r): S) -> Json<Value> {
 }
 
 /// `GET /network/greylist/ips`: `{ips, not_reliable_since}` as octez.
+#[utoipa::path(
+    get,
+    path = "/network/greylist/ips",
+    operation_id = "greylist_ips",
+    tag = "network",
+    responses((status = 200, description = "Greylisted IPs: {ips, not_reliable_since}"))
+)]
 async fn greylist_ips(State(r): S) -> Json<Value> {
     let (ips, since) = r.node.greylisted_ips().await;
     Json(json!({
@@ -331,25 +387,35 @@ async fn not_found() -> RpcError {
 pub fn router(node: BinaryNode, local: ConnectionMetadata) -> Router {
     let trims = std::sync::Arc::new(connmgr::Trims::default());
     connmgr::spawn_recorder(&node, trims.clone());
-    Router::new()
-        .route("/network/self", get(self_id))
-        .route("/network/stat", get(stat))
-        .route("/network/connections", get(connections))
-        .route(
-            "/network/connections/{peer_id}",
-            get(connection).delete(disconnect),
-        )
-        .route("/network/peers/{peer_id}/banned", get(peer_banned))
-        .route("/network/points/{point}/banned", get(point_banned))
-        .route("/network/greylist", delete(clear_greylist))
-        .route("/network/greylist/peers", get(greylist_peers))
-        .route("/network/greylist/ips", get(greylist_ips))
-        .route("/network/log", get(log))
-        .route("/network/full_stat", get(full_stat))
+    let (router, mut api) = OpenApiRouter::new()
+        .routes(routes!(self_id))
+        .routes(routes!(stat))
+        .routes(routes!(connections))
+        .routes(routes!(connection, disconnect))
+        .routes(routes!(peer_banned))
+        .routes(routes!(point_banned))
+        .routes(routes!(clear_greylist))
+        .routes(routes!(greylist_peers))
+        .routes(routes!(greylist_ips))
+        .routes(routes!(log))
+        .routes(routes!(full_stat))
         .merge(connmgr::routes())
         .merge(points::routes())
         .merge(peers::routes())
         .merge(logs::routes())
+        .split_for_parts();
+    api.info.title = "peerpool admin RPC".into();
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    api.info.description = Some("octez's /network routes and peerpool's /network/connmgr".into());
+    let document = std::sync::Arc::new(api);
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let d = document.clone();
+                async move { Json((*d).clone()) }
+            }),
+        )
         .fallback(not_found)
         .with_state(Rpc { node, local, trims })
 }

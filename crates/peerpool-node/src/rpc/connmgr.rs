@@ -7,8 +7,7 @@ use crate::metrics::rule_label;
 use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use peerpool::NodeEvent;
 use peerpool_proto::connmgr::{ConnManagerError, ConnManagerEvent, ProtectionRule, Victim};
 use serde::Deserialize;
@@ -16,6 +15,8 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How many trims and evictions `/network/connmgr/trims` remembers.
 const REMEMBERED: usize = 100;
@@ -99,6 +100,14 @@ pub(super) fn spawn_recorder(node: &BinaryNode, trims: Arc<Trims>) {
     });
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/connmgr/peers/{peer_id}",
+    operation_id = "connmgr_peer",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
+    responses((status = 200, description = "Tags, value, connections and protections"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn tag_info(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     let info = r.node.conn_manager().tag_info(peer).await.ok_or_else(|| {
@@ -122,6 +131,14 @@ struct Weight {
     weight: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/network/connmgr/peers/{peer_id}/tags/{tag}",
+    operation_id = "connmgr_tag",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)"), ("tag" = String, Path, description = "The tag"), ("weight" = i64, Query, description = "The tag's value")),
+    responses((status = 200, description = "Tagged"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn tag(
     State(r): S,
     Path((peer, tag)): Path<(String, String)>,
@@ -144,6 +161,14 @@ async fn tag(
     Ok(Json(json!({})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/network/connmgr/peers/{peer_id}/tags/{tag}",
+    operation_id = "connmgr_untag",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)"), ("tag" = String, Path, description = "The tag")),
+    responses((status = 200, description = "Untagged"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn untag(
     State(r): S,
     Path((peer, tag)): Path<(String, String)>,
@@ -153,6 +178,14 @@ async fn untag(
     Ok(Json(json!({})))
 }
 
+#[utoipa::path(
+    put,
+    path = "/network/connmgr/peers/{peer_id}/protection/{tag}",
+    operation_id = "connmgr_protect",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)"), ("tag" = String, Path, description = "The tag")),
+    responses((status = 200, description = "Protected"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 409, description = "Beyond the protection budget"))
+)]
 async fn protect(
     State(r): S,
     Path((peer, tag)): Path<(String, String)>,
@@ -166,6 +199,14 @@ async fn protect(
     Ok(Json(json!({})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/network/connmgr/peers/{peer_id}/protection/{tag}",
+    operation_id = "connmgr_unprotect",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)"), ("tag" = String, Path, description = "The tag")),
+    responses((status = 200, description = "{still_protected}"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn unprotect(
     State(r): S,
     Path((peer, tag)): Path<(String, String)>,
@@ -175,26 +216,34 @@ async fn unprotect(
     Ok(Json(json!({ "still_protected": still })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/network/connmgr/trim",
+    operation_id = "connmgr_trim",
+    tag = "network",
+    responses((status = 200, description = "{closing}: connections asked to close"))
+)]
 async fn trim(State(r): S) -> Json<Value> {
     Json(json!({ "closing": r.node.conn_manager().trim_open_conns().await }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/connmgr/trims",
+    operation_id = "connmgr_trims",
+    tag = "network",
+    responses((status = 200, description = "The last trims and evictions with their rules"))
+)]
 async fn trims(State(r): S) -> Json<Value> {
     Json(Value::Array(r.trims.list()))
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes() -> Router<super::Rpc> {
-    Router::new()
-        .route("/network/connmgr/peers/{peer_id}", get(tag_info))
-        .route(
-            "/network/connmgr/peers/{peer_id}/tags/{tag}",
-            put(tag).delete(untag),
-        )
-        .route(
-            "/network/connmgr/peers/{peer_id}/protection/{tag}",
-            put(protect).delete(unprotect),
-        )
-        .route("/network/connmgr/trim", post(trim))
-        .route("/network/connmgr/trims", get(trims))
+pub(super) fn routes() -> OpenApiRouter<super::Rpc> {
+    OpenApiRouter::new()
+        .routes(routes!(tag_info))
+        .routes(routes!(tag, untag))
+        .routes(routes!(protect, unprotect))
+        .routes(routes!(trim))
+        .routes(routes!(trims))
 }

@@ -9,8 +9,7 @@ use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use peerpool::NodeEvent;
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::point::Point;
@@ -18,6 +17,8 @@ use peerpool_proto::pool::{PointEvent, PointEventKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Whose log.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +125,14 @@ async fn log(r: super::Rpc, t: Target, monitor: bool) -> Result<Response, RpcErr
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/peers/{peer_id}/log",
+    operation_id = "peer_log",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)"), ("monitor" = Option<String>, Query, description = "Stream: the backlog, then new events")),
+    responses((status = 200, description = "Peer events; with ?monitor a stream"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn peer_log(
     State(r): S,
     Path(peer): Path<String>,
@@ -133,6 +142,14 @@ async fn peer_log(
     log(r, Target::Peer(peer), q.monitor.is_some()).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/points/{point}/log",
+    operation_id = "point_log",
+    tag = "network",
+    params(("point" = String, Path, description = "A point, ADDR:PORT or [ADDR6]:PORT"), ("monitor" = Option<String>, Query, description = "Stream: the backlog, then new events")),
+    responses((status = 200, description = "Point events; with ?monitor a stream"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn point_log(
     State(r): S,
     Path(point): Path<String>,
@@ -143,8 +160,8 @@ async fn point_log(
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes() -> Router<super::Rpc> {
-    Router::new()
-        .route("/network/peers/{peer_id}/log", get(peer_log))
-        .route("/network/points/{point}/log", get(point_log))
+pub(super) fn routes() -> OpenApiRouter<super::Rpc> {
+    OpenApiRouter::new()
+        .routes(routes!(peer_log))
+        .routes(routes!(point_log))
 }

@@ -8,11 +8,12 @@ use crate::metadata::OctezPeerMetadata;
 use crate::node_cmd::BinaryNode;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use peerpool_proto::pool::{IdPoint, PeerInfo, PeerMeta, PeerState, Time};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 fn state_name(s: &PeerState) -> &'static str {
     match s {
@@ -78,6 +79,14 @@ struct Filter {
     filter: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/peers",
+    operation_id = "peers",
+    tag = "network",
+    params(("filter" = Option<String>, Query, description = "accepted, running, disconnected; several separated by commas")),
+    responses((status = 200, description = "Known peers: [[peer_id, info]]"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn list(State(r): S, Query(q): Query<Filter>) -> Result<Json<Value>, RpcError> {
     // `?filter=` is repeatable in octez; here one value or several separated by commas.
     let wanted: Vec<String> = q
@@ -105,6 +114,14 @@ async fn list(State(r): S, Query(q): Query<Filter>) -> Result<Json<Value>, RpcEr
     Ok(Json(Value::Array(out)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/peers/{peer_id}",
+    operation_id = "peer",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
+    responses((status = 200, description = "One peer (P2p_peer.Info)"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn info(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
     match r.node.peer_info(peer).await {
@@ -123,6 +140,14 @@ struct Patch {
     acl: Option<String>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/network/peers/{peer_id}",
+    operation_id = "patch_peer",
+    tag = "network",
+    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
+    responses((status = 200, description = "Peer info after {acl?: ban|trust|open}"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn patch(
     State(r): S,
     Path(peer): Path<String>,
@@ -153,8 +178,8 @@ async fn patch(
 }
 
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes() -> Router<super::Rpc> {
-    Router::new()
-        .route("/network/peers", get(list))
-        .route("/network/peers/{peer_id}", get(info).patch(patch))
+pub(super) fn routes() -> OpenApiRouter<super::Rpc> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(info, patch))
 }

@@ -6,12 +6,14 @@
 use super::{parse_peer, parse_point, RpcError, S};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::pool::{PointInfo, PointState, Time};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 fn state_name(s: &PointState) -> &'static str {
     match s {
@@ -74,6 +76,14 @@ struct Filter {
     filter: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/points",
+    operation_id = "points",
+    tag = "network",
+    params(("filter" = Option<String>, Query, description = "requested, accepted, running, disconnected; several separated by commas")),
+    responses((status = 200, description = "Known points: [[point, info]]"), (status = 400, description = "Malformed parameter: {kind, message}"))
+)]
 async fn list(State(r): S, Query(q): Query<Filter>) -> Result<Json<Value>, RpcError> {
     // `?filter=` is repeatable in octez; here one value or several separated by commas.
     let wanted: Vec<String> = q
@@ -99,6 +109,14 @@ async fn list(State(r): S, Query(q): Query<Filter>) -> Result<Json<Value>, RpcEr
     Ok(Json(Value::Array(list)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/network/points/{point}",
+    operation_id = "point",
+    tag = "network",
+    params(("point" = String, Path, description = "A point, ADDR:PORT or [ADDR6]:PORT")),
+    responses((status = 200, description = "One point (P2p_point.Info)"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn info(State(r): S, Path(point): Path<String>) -> Result<Json<Value>, RpcError> {
     let point = parse_point(&point)?;
     r.node
@@ -121,6 +139,14 @@ struct Patch {
     peer_id: Option<String>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/network/points/{point}",
+    operation_id = "patch_point",
+    tag = "network",
+    params(("point" = String, Path, description = "A point, ADDR:PORT or [ADDR6]:PORT")),
+    responses((status = 200, description = "Point info after {acl?: ban|trust|open, peer_id?}"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+)]
 async fn patch(
     State(r): S,
     Path(point): Path<String>,
@@ -159,10 +185,50 @@ async fn patch(
     info(State(r), Path(point.to_string())).await
 }
 
+#[derive(Debug, Deserialize)]
+struct ConnectQuery {
+    timeout: Option<String>,
+}
+
+#[utoipa::path(
+    put,
+    path = "/network/points/{point}",
+    operation_id = "connect",
+    tag = "network",
+    params(("point" = String, Path, description = "A point, ADDR:PORT or [ADDR6]:PORT"), ("timeout" = Option<f64>, Query, description = "Seconds, default 10")),
+    responses((status = 200, description = "Connected"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 502, description = "The connection failed: {kind, message}"))
+)]
+async fn connect(
+    State(r): S,
+    Path(point): Path<String>,
+    Query(q): Query<ConnectQuery>,
+) -> Result<Json<Value>, RpcError> {
+    let point = parse_point(&point)?;
+    // octez's default: 10 s.
+    let secs = match q.timeout.as_deref() {
+        None => 10.0,
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+            .ok_or_else(|| {
+                RpcError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_timeout",
+                    format!("timeout {t:?}: seconds in (0, 86400]"),
+                )
+            })?,
+    };
+    r.node
+        .connect_with_timeout(point, None, Some(Duration::from_secs_f64(secs)))
+        .await
+        .map(|_| Json(json!({})))
+        .map_err(|e| RpcError::new(StatusCode::BAD_GATEWAY, "connection_failed", e.to_string()))
+}
+
 /// The routes, to merge into the RPC's router.
-pub(super) fn routes() -> Router<super::Rpc> {
-    Router::new().route("/network/points", get(list)).route(
-        "/network/points/{point}",
-        get(info).patch(patch).put(super::connect_point),
-    )
+pub(super) fn routes() -> OpenApiRouter<super::Rpc> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(info, patch, connect))
 }

@@ -628,3 +628,42 @@ async fn peer_and_point_logs_list_and_monitor() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_the_rpc_serves() {
+    let a = node(91).await;
+    let rpc = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        a.clone(),
+        ConnectionMetadata::default(),
+    )
+    .await
+    .unwrap();
+    let (s, body) = request(rpc, "GET", "/openapi.json").await;
+    assert_eq!(s, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    let paths = doc["paths"].as_object().unwrap();
+    let methods = |p: &str| -> Vec<String> {
+        let mut m: Vec<String> = paths[p].as_object().unwrap().keys().cloned().collect();
+        m.sort();
+        m
+    };
+    assert_eq!(methods("/network/connections/{peer_id}"), ["delete", "get"]);
+    assert_eq!(methods("/network/points/{point}"), ["get", "patch", "put"]);
+    assert_eq!(methods("/network/peers/{peer_id}"), ["get", "patch"]);
+    assert_eq!(
+        methods("/network/connmgr/peers/{peer_id}/protection/{tag}"),
+        ["delete", "put"]
+    );
+    assert_eq!(paths.len(), 22, "{:?}", paths.keys().collect::<Vec<_>>());
+    // Every parameterless GET in the document is served (not the fallback's 404).
+    for (path, ops) in paths {
+        if path.contains('{') || ops.get("get").is_none() || path == "/network/log" {
+            continue;
+        }
+        let (s, body) = request(rpc, "GET", path).await;
+        assert_eq!(s, 200, "{path}: {body}");
+    }
+    a.shutdown().await;
+}
