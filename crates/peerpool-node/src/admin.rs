@@ -42,6 +42,8 @@ pub enum AdminCommand {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// The greylisted peer ids and addresses.
+    Greylist,
     /// Clears every greylist and blacklist (`DELETE /network/greylist`).
     GreylistClear,
     /// Bans a peer id or a point's address.
@@ -238,6 +240,22 @@ fn render(command: &AdminCommand, v: &Value) -> String {
                 })
                 .collect(),
         ),
+        AdminCommand::Greylist => {
+            let mut rows: Vec<Vec<String>> = list(&v["peers"])
+                .iter()
+                .map(|p| vec!["peer".to_owned(), text(p)])
+                .collect();
+            rows.extend(
+                list(&v["ips"]["ips"])
+                    .iter()
+                    .map(|ip| vec!["address".to_owned(), text(ip)]),
+            );
+            let mut out = table(&["kind", "greylisted"], rows);
+            if let Some(since) = v["ips"]["not_reliable_since"].as_str() {
+                out.push_str(&format!("\n(the address list is incomplete since {since})"));
+            }
+            out
+        }
         _ => "done".to_owned(),
     }
 }
@@ -262,6 +280,12 @@ pub fn run(args: AdminArgs) -> ExitCode {
                 .map(|f| format!("?filter={f}"))
                 .unwrap_or_default();
             call(e, "GET", &format!("/network/points{q}"), None)
+        }
+        AdminCommand::Greylist => {
+            call(e, "GET", "/network/greylist/peers", None).and_then(|peers| {
+                let ips = call(e, "GET", "/network/greylist/ips", None)?;
+                Ok(serde_json::json!({ "peers": peers, "ips": ips }))
+            })
         }
         AdminCommand::GreylistClear => call(e, "DELETE", "/network/greylist", None),
         AdminCommand::Ban { target } => call(

@@ -417,6 +417,7 @@ fn node_serves_metrics_and_the_rpc_where_asked() {
     let trust = admin(&["trust", "127.0.0.50:9732"]);
     let points = admin(&["points"]);
     let refused = admin(&["connect", "127.0.0.1:1", "--timeout", "2"]);
+    let greylist = admin(&["--json", "greylist"]);
     let _ = node.kill();
     let _ = node.wait();
     let unreachable = admin(&["stat"]);
@@ -445,6 +446,9 @@ fn node_serves_metrics_and_the_rpc_where_asked() {
         text(&refused)
     );
     assert_eq!(unreachable.status.code(), Some(2), "{}", text(&unreachable));
+    let g: serde_json::Value = serde_json::from_slice(&greylist.stdout).unwrap();
+    assert_eq!(g["peers"], serde_json::json!([]), "{}", text(&greylist));
+    assert!(g["ips"]["ips"].is_array(), "{}", text(&greylist));
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("peerpool_p2p_connections_active 0"), "{body}");
     assert!(self_id.starts_with("HTTP/1.1 200"), "{self_id}");

@@ -255,3 +255,69 @@ async fn bootstrap_peers_resolve_and_a_name_that_does_not_is_skipped() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, "no such host:1");
 }
+
+/// Every key, with a value out of its range and a value of the wrong type: each refused,
+/// naming the key.
+#[test]
+fn every_key_refuses_out_of_range_and_wrong_type() {
+    // (section path, key, out-of-range value or None when the key has no range)
+    let keys: &[(&[&str], &str, Option<Value>)] = &[
+        (&["p2p"], "listen-addr", Some(json!("nowhere"))),
+        (&["p2p"], "discovery-addr", Some(json!("300.1.1.1"))),
+        (&["p2p"], "expected-proof-of-work", Some(json!(257))),
+        (&["p2p"], "private-mode", None),
+        (&["p2p"], "disable-mempool", None),
+        (&["p2p"], "disable-peer-discovery", None),
+        (&["p2p", "greylisting-config"], "factor", Some(json!(0.5))),
+        (&["p2p", "greylisting-config"], "initial-delay", Some(json!(0))),
+        (&["p2p", "greylisting-config"], "disconnection-delay", Some(json!(-1))),
+        (&["p2p", "greylisting-config"], "increase-cap", Some(json!(0))),
+        (&["p2p", "limits"], "connection-timeout", Some(json!(0))),
+        (&["p2p", "limits"], "authentication-timeout", Some(json!(-3))),
+        (&["p2p", "limits"], "min-connections", Some(json!(70_000))),
+        (&["p2p", "limits"], "expected-connections", Some(json!(-1))),
+        (&["p2p", "limits"], "max-connections", Some(json!(0))),
+        (&["p2p", "limits"], "backlog", Some(json!(0))),
+        (&["p2p", "limits"], "max-incoming-connections", Some(json!(0))),
+        (&["p2p", "limits"], "max-download-speed", Some(json!(0))),
+        (&["p2p", "limits"], "max-upload-speed", Some(json!(-1))),
+        (&["p2p", "limits"], "read-buffer-size", Some(json!(10))),
+        (&["p2p", "limits"], "read-queue-size", Some(json!(10))),
+        (&["p2p", "limits"], "write-queue-size", Some(json!(10))),
+        (&["p2p", "limits"], "incoming-message-queue-size", Some(json!(10))),
+        (&["p2p", "limits"], "outgoing-message-queue-size", Some(json!(10))),
+        (&["p2p", "limits"], "incoming-app-message-queue-size", Some(json!(0))),
+        (&["p2p", "limits"], "max-known-points", Some(json!([0, 0]))),
+        (&["p2p", "limits"], "max-known-peer-ids", Some(json!([5, 6]))),
+        (&["p2p", "limits"], "peer-greylist-size", Some(json!(0))),
+        (&["p2p", "limits"], "ip-greylist-size-in-kilobytes", Some(json!(0))),
+        (&["p2p", "limits"], "ip-greylist-cleanup-delay", Some(json!(0))),
+        (&["p2p", "limits"], "greylist-timeout", Some(json!(0))),
+        (&["p2p", "limits"], "maintenance-idle-time", Some(json!(0))),
+        (&["p2p", "limits"], "swap-linger", Some(json!(-2))),
+        (&["p2p", "limits"], "binary-chunks-size", Some(json!(65_536))),
+        (&["peerpool", "connection-manager"], "low-water", Some(json!(0))),
+        (&["peerpool", "connection-manager"], "high-water", Some(json!(0))),
+        (&["peerpool", "connection-manager"], "grace-period", Some(json!(-1))),
+        (&["peerpool", "connection-manager"], "protection-budget", Some(json!(-1))),
+        (&["peerpool", "connection-manager"], "max-incoming-per-netgroup", Some(json!(0))),
+        (&["peerpool", "peers-file"], "save-interval", Some(json!(0))),
+    ];
+    let nest = |path: &[&str], key: &str, v: Value| {
+        let mut out = json!({ key: v });
+        for p in path.iter().rev() {
+            out = json!({ *p: out });
+        }
+        out
+    };
+    for (path, key, bad) in keys {
+        let dotted = format!("{}.{key}", path.join("."));
+        if let Some(bad) = bad {
+            let e = err(nest(path, key, bad.clone()));
+            assert!(e.starts_with(&format!("{dotted} = ")), "{dotted}: {e}");
+        }
+        // A wrong type: an object where a scalar or a list is expected.
+        let e = err(nest(path, key, json!({ "oops": 1 })));
+        assert!(e.starts_with(&format!("{dotted}: expected")), "{dotted}: {e}");
+    }
+}
