@@ -34,6 +34,7 @@ pub const DEFAULT_TOML: &str = r#"# peerpool node configuration (octez's config.
 
 [p2p]
 listen-addr = "[::]:9732"               # ADDR:PORT to listen on
+# advertised-net-port = 9732            # port announced to peers; default: the listening one
 # discovery-addr = "255.255.255.255"    # local discovery (ADDR[:PORT], port 10732); off
 # bootstrap-peers = ["host:9732"]       # trusted points, "host:port[#peer_id]", resolved at start
 expected-proof-of-work = 26.0           # difficulty required from peers, [0, 256]
@@ -139,6 +140,9 @@ pub fn effective_json(
     });
     if let Some(d) = discovery {
         p2p["discovery-addr"] = json!(d.to_string());
+    }
+    if let Some(p) = c.advertised_port {
+        p2p["advertised-net-port"] = json!(p);
     }
     if let Some(e) = c.policy.maintenance.expected_connections {
         p2p["limits"]["expected-connections"] = json!(e);

@@ -82,6 +82,8 @@ pub struct FileConfig {
     pub listen_addr: Option<SocketAddr>,
     /// `p2p.discovery-addr`.
     pub discovery_addr: Option<SocketAddr>,
+    /// `p2p.advertised-net-port`.
+    pub advertised_port: Option<u16>,
     /// `p2p.bootstrap-peers` (resolved at start).
     pub bootstrap_peers: Option<Vec<BootstrapPeer>>,
     /// `p2p.expected-proof-of-work`.
@@ -183,6 +185,9 @@ pub fn parse(value: &Value) -> Result<FileConfig, ConfigFileError> {
         if let Some(a) = p2p.string("listen-addr")? {
             out.listen_addr = Some(socket_addr(&p2p, "listen-addr", a, 9732)?);
         }
+        out.advertised_port = p2p
+            .uint("advertised-net-port", 1, 65_535)?
+            .map(|p| u16::try_from(p).unwrap_or(u16::MAX));
         if let Some(a) = p2p.string("discovery-addr")? {
             let port = peerpool_proto::discovery::DEFAULT_DISCOVERY_PORT;
             out.discovery_addr = Some(socket_addr(&p2p, "discovery-addr", a, port)?);
@@ -377,6 +382,9 @@ impl FileConfig {
         }
         if self.listen_addr.is_some() {
             c.listen_addr = self.listen_addr;
+        }
+        if self.advertised_port.is_some() {
+            c.advertised_port = self.advertised_port;
         }
         for s in &self.settings {
             match *s {

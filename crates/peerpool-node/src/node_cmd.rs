@@ -24,6 +24,10 @@ pub struct NodeArgs {
     /// Address to listen on (default `[::]:9732`).
     #[arg(long)]
     pub net_addr: Option<SocketAddr>,
+    /// Port announced to peers when it differs from the listening one (behind a port
+    /// mapping).
+    #[arg(long)]
+    pub advertised_net_port: Option<u16>,
     /// A peer to connect to, `addr:port` or `addr:port#peer_id` (repeatable).
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(Point, Option<PeerId>)>,
@@ -263,6 +267,9 @@ pub async fn run(args: NodeArgs) -> ExitCode {
 pub fn apply_flags(args: &NodeArgs, config: &mut NodeConfig) {
     if let Some(a) = args.net_addr {
         config.listen_addr = Some(a);
+    }
+    if let Some(p) = args.advertised_net_port {
+        config.advertised_port = Some(p);
     }
     if args.private_mode {
         config.pool.private_mode = true;

@@ -154,7 +154,12 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
         let (commands, command_rx) = mpsc::channel(256);
         let ctx = crate::attempt::AttemptContext {
             scheduler: scheduler.clone(),
-            handshake: config.handshake(local_addr.map(|a| a.port())),
+            handshake: config.handshake(
+                config
+                    .get()
+                    .advertised_port
+                    .or(local_addr.map(|a| a.port())),
+            ),
             close_timeout: c.close_timeout,
         };
         // The welcome worker and local discovery stop with the same token at shutdown.

@@ -30,6 +30,10 @@ pub struct NodeConfig {
     /// Where to listen; `None` for a node that only dials. A node that listens dials from
     /// its listening address.
     pub listen_addr: Option<SocketAddr>,
+    /// The port announced to peers in our connection message (octez
+    /// `advertised-net-port`, for a node behind a port mapping); `None`: the listening
+    /// port.
+    pub advertised_port: Option<u16>,
     /// Connections waiting to be accepted (`listen(2)` backlog; default 1024, octez's 20
     /// drops bursts of connection attempts under load).
     pub backlog: u32,
@@ -87,6 +91,7 @@ impl NodeConfig {
         NodeConfig {
             identity,
             listen_addr: None,
+            advertised_port: None,
             backlog: 1024,
             versions: SupportedVersions::octez(chain_name),
             // invariant: 26 is within [0, 256].

@@ -264,43 +264,112 @@ fn every_key_refuses_out_of_range_and_wrong_type() {
     let keys: &[(&[&str], &str, Option<Value>)] = &[
         (&["p2p"], "listen-addr", Some(json!("nowhere"))),
         (&["p2p"], "discovery-addr", Some(json!("300.1.1.1"))),
+        (&["p2p"], "advertised-net-port", Some(json!(0))),
         (&["p2p"], "expected-proof-of-work", Some(json!(257))),
         (&["p2p"], "private-mode", None),
         (&["p2p"], "disable-mempool", None),
         (&["p2p"], "disable-peer-discovery", None),
         (&["p2p", "greylisting-config"], "factor", Some(json!(0.5))),
-        (&["p2p", "greylisting-config"], "initial-delay", Some(json!(0))),
-        (&["p2p", "greylisting-config"], "disconnection-delay", Some(json!(-1))),
-        (&["p2p", "greylisting-config"], "increase-cap", Some(json!(0))),
+        (
+            &["p2p", "greylisting-config"],
+            "initial-delay",
+            Some(json!(0)),
+        ),
+        (
+            &["p2p", "greylisting-config"],
+            "disconnection-delay",
+            Some(json!(-1)),
+        ),
+        (
+            &["p2p", "greylisting-config"],
+            "increase-cap",
+            Some(json!(0)),
+        ),
         (&["p2p", "limits"], "connection-timeout", Some(json!(0))),
-        (&["p2p", "limits"], "authentication-timeout", Some(json!(-3))),
+        (
+            &["p2p", "limits"],
+            "authentication-timeout",
+            Some(json!(-3)),
+        ),
         (&["p2p", "limits"], "min-connections", Some(json!(70_000))),
         (&["p2p", "limits"], "expected-connections", Some(json!(-1))),
         (&["p2p", "limits"], "max-connections", Some(json!(0))),
         (&["p2p", "limits"], "backlog", Some(json!(0))),
-        (&["p2p", "limits"], "max-incoming-connections", Some(json!(0))),
+        (
+            &["p2p", "limits"],
+            "max-incoming-connections",
+            Some(json!(0)),
+        ),
         (&["p2p", "limits"], "max-download-speed", Some(json!(0))),
         (&["p2p", "limits"], "max-upload-speed", Some(json!(-1))),
         (&["p2p", "limits"], "read-buffer-size", Some(json!(10))),
         (&["p2p", "limits"], "read-queue-size", Some(json!(10))),
         (&["p2p", "limits"], "write-queue-size", Some(json!(10))),
-        (&["p2p", "limits"], "incoming-message-queue-size", Some(json!(10))),
-        (&["p2p", "limits"], "outgoing-message-queue-size", Some(json!(10))),
-        (&["p2p", "limits"], "incoming-app-message-queue-size", Some(json!(0))),
+        (
+            &["p2p", "limits"],
+            "incoming-message-queue-size",
+            Some(json!(10)),
+        ),
+        (
+            &["p2p", "limits"],
+            "outgoing-message-queue-size",
+            Some(json!(10)),
+        ),
+        (
+            &["p2p", "limits"],
+            "incoming-app-message-queue-size",
+            Some(json!(0)),
+        ),
         (&["p2p", "limits"], "max-known-points", Some(json!([0, 0]))),
-        (&["p2p", "limits"], "max-known-peer-ids", Some(json!([5, 6]))),
+        (
+            &["p2p", "limits"],
+            "max-known-peer-ids",
+            Some(json!([5, 6])),
+        ),
         (&["p2p", "limits"], "peer-greylist-size", Some(json!(0))),
-        (&["p2p", "limits"], "ip-greylist-size-in-kilobytes", Some(json!(0))),
-        (&["p2p", "limits"], "ip-greylist-cleanup-delay", Some(json!(0))),
+        (
+            &["p2p", "limits"],
+            "ip-greylist-size-in-kilobytes",
+            Some(json!(0)),
+        ),
+        (
+            &["p2p", "limits"],
+            "ip-greylist-cleanup-delay",
+            Some(json!(0)),
+        ),
         (&["p2p", "limits"], "greylist-timeout", Some(json!(0))),
         (&["p2p", "limits"], "maintenance-idle-time", Some(json!(0))),
         (&["p2p", "limits"], "swap-linger", Some(json!(-2))),
-        (&["p2p", "limits"], "binary-chunks-size", Some(json!(65_536))),
-        (&["peerpool", "connection-manager"], "low-water", Some(json!(0))),
-        (&["peerpool", "connection-manager"], "high-water", Some(json!(0))),
-        (&["peerpool", "connection-manager"], "grace-period", Some(json!(-1))),
-        (&["peerpool", "connection-manager"], "protection-budget", Some(json!(-1))),
-        (&["peerpool", "connection-manager"], "max-incoming-per-netgroup", Some(json!(0))),
+        (
+            &["p2p", "limits"],
+            "binary-chunks-size",
+            Some(json!(65_536)),
+        ),
+        (
+            &["peerpool", "connection-manager"],
+            "low-water",
+            Some(json!(0)),
+        ),
+        (
+            &["peerpool", "connection-manager"],
+            "high-water",
+            Some(json!(0)),
+        ),
+        (
+            &["peerpool", "connection-manager"],
+            "grace-period",
+            Some(json!(-1)),
+        ),
+        (
+            &["peerpool", "connection-manager"],
+            "protection-budget",
+            Some(json!(-1)),
+        ),
+        (
+            &["peerpool", "connection-manager"],
+            "max-incoming-per-netgroup",
+            Some(json!(0)),
+        ),
         (&["peerpool", "peers-file"], "save-interval", Some(json!(0))),
     ];
     let nest = |path: &[&str], key: &str, v: Value| {
@@ -318,6 +387,21 @@ fn every_key_refuses_out_of_range_and_wrong_type() {
         }
         // A wrong type: an object where a scalar or a list is expected.
         let e = err(nest(path, key, json!({ "oops": 1 })));
-        assert!(e.starts_with(&format!("{dotted}: expected")), "{dotted}: {e}");
+        assert!(
+            e.starts_with(&format!("{dotted}: expected")),
+            "{dotted}: {e}"
+        );
     }
+}
+
+#[tokio::test]
+async fn the_advertised_port_is_what_peers_learn() {
+    use crate::test_support::{link, node, node_with};
+    let a = node(101).await;
+    let b = node_with(102, |c| c.advertised_port = Some(4242)).await;
+    link(&a, &b).await;
+    let seen = a.connection_infos();
+    assert_eq!(seen[0].listening_point.map(|p| p.port()), Some(4242));
+    a.shutdown().await;
+    b.shutdown().await;
 }
