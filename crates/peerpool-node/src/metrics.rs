@@ -7,7 +7,6 @@
 //! `with_local_recorder`), not the process-wide one, so several nodes or tests can each
 //! have theirs.
 //!
-//! Not yet here: octez's per-message counters (the node has no public message counts).
 
 use axum::extract::State;
 use axum::http::header;
@@ -140,6 +139,8 @@ impl Metrics {
             gauge!("peerpool_p2p_io_scheduler_current_outflow")
                 .set(f64::from(stats.io.current_outflow));
             gauge!("peerpool_p2p_connmgr_protected_peers").set(protected as f64);
+            counter!("peerpool_p2p_messages_received_total").absolute(stats.messages_received);
+            counter!("peerpool_p2p_messages_sent_total").absolute(stats.messages_sent);
         });
     }
 
@@ -261,6 +262,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("peerpool_p2p_peers_running 1"), "{text}");
+        // b says something to a: a counts one more message received.
+        let before = a.stats().await.messages_received;
+        b.send(
+            &a.peer_id(),
+            &peerpool_proto::message::RawMessage {
+                tag: 0x7f00,
+                body: vec![1],
+            },
+        )
+        .await
+        .unwrap();
+        let _ = a.recv_any().await;
+        let (_, text) = request(addr, "GET", "/metrics").await;
+        assert!(
+            text.contains(&format!(
+                "peerpool_p2p_messages_received_total {}",
+                before + 1
+            )),
+            "{text}"
+        );
         assert!(
             text.contains("peerpool_p2p_swaps_total{result=\"success\"} 0"),
             "{text}"

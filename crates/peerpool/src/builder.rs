@@ -150,6 +150,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             peer_id,
             local_addr,
             stopped: CancellationToken::new(),
+            totals: Arc::default(),
         });
         let (commands, command_rx) = mpsc::channel(256);
         let ctx = crate::attempt::AttemptContext {

@@ -119,7 +119,7 @@ mod welcome;
 pub use builder::NodeBuilder;
 pub use config::{ConfigError, NodeConfig, ValidConfig};
 pub use conn_manager::ConnManagerHandle;
-pub use connection::{CloseReason, Connection, ConnectionInfo, QueueConfig};
+pub use connection::{CloseReason, Connection, ConnectionInfo, MessageTotals, QueueConfig};
 pub use error::{ConnectError, SendError, StartError, TrySendError};
 pub use event::{EventError, Events, NodeEvent};
 pub use inbox::Received;

@@ -30,6 +30,7 @@ use rand::{RngCore, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -53,6 +54,11 @@ pub struct NodeStats {
     /// The I/O scheduler's totals and current flows over every connection, handshakes and
     /// closed connections included (bytes, bytes per second).
     pub io: Stat,
+    /// Messages received over all connections since the node started (control messages
+    /// included).
+    pub messages_received: u64,
+    /// Messages sent over all connections since the node started.
+    pub messages_sent: u64,
 }
 
 /// The outcome of a [`Node::broadcast`].
@@ -260,15 +266,21 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
     /// Connection count, pool sizes and I/O totals. Errors: the node has stopped.
     pub async fn stats(&self) -> NodeStats {
         let io = self.shared.scheduler.global_stat();
+        let messages_received = self.shared.totals.received.load(Ordering::Relaxed);
+        let messages_sent = self.shared.totals.sent.load(Ordering::Relaxed);
         self.ask(move |policy, _| NodeStats {
             connections: policy.connection_count(),
             known_points: policy.pool().known_points_len(),
             known_peer_ids: policy.pool().known_peer_ids_len(),
             io,
+            messages_received,
+            messages_sent,
         })
         .await
         .unwrap_or(NodeStats {
             io,
+            messages_received,
+            messages_sent,
             ..NodeStats::default()
         })
     }

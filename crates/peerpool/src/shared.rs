@@ -85,6 +85,8 @@ pub(crate) struct NodeShared<M> {
     pub(crate) peer_id: PeerId,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) stopped: CancellationToken,
+    /// Messages received and sent over all connections.
+    pub(crate) totals: Arc<crate::connection::MessageTotals>,
 }
 
 impl<M> NodeShared<M> {

@@ -164,6 +164,7 @@ pub struct ConnectionInfo {
 struct Shared<M> {
     info: ConnectionInfo,
     stats: ConnectionStats,
+    totals: Arc<MessageTotals>,
     control_tx: mpsc::Sender<Arc<Vec<u8>>>,
     app_tx: mpsc::Sender<(Arc<Vec<u8>>, Reservation)>,
     outgoing: ByteBudget,
@@ -337,11 +338,23 @@ fn record(close: &watch::Sender<Option<CloseReason>>, reason: CloseReason) {
 /// What a new connection is wired to.
 pub(crate) struct Wiring<M> {
     pub queues: QueueConfig,
+    /// The node's message totals, counted beside the connection's own.
+    pub totals: Arc<MessageTotals>,
     pub budget: ByteBudget,
     pub inbox: Arc<Inbox<M>>,
     pub notices: mpsc::Sender<Notice>,
     pub tracker: TaskTracker,
     pub io: ScheduledWriter,
+}
+
+/// Messages received and sent by every connection of a node since it started (closed
+/// connections included).
+#[derive(Debug, Default)]
+pub struct MessageTotals {
+    /// Messages received.
+    pub received: AtomicU64,
+    /// Messages sent.
+    pub sent: AtomicU64,
 }
 
 /// Starts the reader and writer tasks (tracked) of an established connection and returns
@@ -372,6 +385,7 @@ where
     let shared = Arc::new(Shared {
         info,
         stats: ConnectionStats::default(),
+        totals: wiring.totals,
         control_tx,
         app_tx,
         outgoing: ByteBudget::new(q.outgoing_app_bytes),

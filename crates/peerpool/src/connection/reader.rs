@@ -102,6 +102,7 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
                 Err(e) => return CloseReason::Protocol(e.into()),
             };
             shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+            shared.totals.received.fetch_add(1, Ordering::Relaxed);
             // The whole message is accounted for, reserved at its prefix or now.
             if held.bytes() < size {
                 held.merge(sinks.budget.reserve(size - held.bytes()).await);

@@ -60,6 +60,7 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
             .stats
             .messages_out
             .fetch_add(count, Ordering::Relaxed);
+        shared.totals.sent.fetch_add(count, Ordering::Relaxed);
         if wire.capacity() > 4 * COALESCE {
             // A large message passed: give its buffer back rather than keep it idle.
             wire = Vec::new();

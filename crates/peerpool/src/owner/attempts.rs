@@ -161,6 +161,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             info,
             Wiring {
                 queues: c.queues,
+                totals: self.o.shared.totals.clone(),
                 budget: self.o.shared.budget.clone(),
                 inbox: self.o.shared.inbox.clone(),
                 notices: notices_tx,
