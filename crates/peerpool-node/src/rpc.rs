@@ -29,7 +29,7 @@ mod peers;
 mod points;
 
 use crate::node_cmd::BinaryNode;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -213,22 +213,37 @@ async fn connection(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>
     path = "/network/connections/{peer_id}",
     operation_id = "disconnect",
     tag = "network",
-    params(("peer_id" = String, Path, description = "A peer id, b58check (id…)")),
-    responses((status = 200, description = "Disconnected; `?wait` accepted"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
+    params(
+        ("peer_id" = String, Path, description = "A peer id, b58check (id…)"),
+        ("wait" = Option<String>, Query, description = "Answer once the connection has closed (its queued messages sent)")
+    ),
+    responses((status = 200, description = "Disconnected"), (status = 400, description = "Malformed parameter: {kind, message}"), (status = 404, description = "Unknown: {kind, message}"))
 )]
-async fn disconnect(State(r): S, Path(peer): Path<String>) -> Result<Json<Value>, RpcError> {
-    // `?wait` is accepted; the disconnection (a Disconnect message, then the close) is the
-    // same either way here.
+async fn disconnect(
+    State(r): S,
+    Path(peer): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<Value>, RpcError> {
     let peer = parse_peer(&peer)?;
-    if r.node.connection(&peer).is_none() {
+    let Some(connection) = r.node.connection(&peer) else {
         return Err(RpcError::new(
             StatusCode::NOT_FOUND,
             "not_connected",
             format!("no connection with {peer}"),
         ));
-    }
+    };
+    // A Disconnect message goes out after what is queued, then the connection closes;
+    // with `?wait` the answer comes once it has.
     r.node.disconnect(peer).await;
+    if q.wait.is_some() {
+        connection.closed().await;
+    }
     Ok(Json(json!({})))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
 }
 
 #[utoipa::path(
