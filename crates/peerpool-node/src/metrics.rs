@@ -19,6 +19,7 @@ use peerpool::{Node, NodeEvent, PeerMetadata};
 use peerpool_proto::connmgr::{ConnManagerEvent, VictimRule};
 use peerpool_proto::handshake::Direction;
 use peerpool_proto::message::AppMessage;
+use peerpool_proto::policy::Refusal;
 use peerpool_proto::pool::{P2pEvent, PeerState, PointState, Time};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,27 @@ pub(crate) fn rule_label(rule: &VictimRule) -> &'static str {
         VictimRule::Inbound => RULES[3],
         VictimRule::Youngest => RULES[4],
         VictimRule::Last => RULES[5],
+    }
+}
+
+/// Every reason an incoming connection is refused before its handshake.
+const REFUSALS: [&str; 6] = [
+    "banned_or_greylisted",
+    "too_many_connections",
+    "too_many_incoming_handshakes",
+    "too_many_handshakes_from_addr",
+    "too_many_handshakes_from_netgroup",
+    "not_active",
+];
+
+fn refusal_label(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Pool(_) => REFUSALS[0],
+        Refusal::TooManyConnections => REFUSALS[1],
+        Refusal::TooManyIncomingHandshakes => REFUSALS[2],
+        Refusal::TooManyHandshakesFromAddr => REFUSALS[3],
+        Refusal::TooManyHandshakesFromNetgroup(_) => REFUSALS[4],
+        _ => REFUSALS[5],
     }
 }
 
@@ -79,6 +101,9 @@ impl Metrics {
             }
             counter!("peerpool_p2p_connmgr_refusals_total", "reason" => "netgroup_full")
                 .absolute(0);
+            for reason in REFUSALS {
+                counter!("peerpool_p2p_incoming_refusals_total", "reason" => reason).absolute(0);
+            }
         });
         m
     }
@@ -162,6 +187,10 @@ impl Metrics {
             }
             NodeEvent::ConnManager(ConnManagerEvent::Evicted { victim, .. }) => {
                 counter!("peerpool_p2p_connmgr_evictions_total", "rule" => rule_label(&victim.rule))
+                    .increment(1);
+            }
+            NodeEvent::IncomingRefused { reason, .. } => {
+                counter!("peerpool_p2p_incoming_refusals_total", "reason" => refusal_label(reason))
                     .increment(1);
             }
             NodeEvent::ConnManager(ConnManagerEvent::NetgroupFull { .. }) => {
@@ -307,6 +336,10 @@ mod tests {
             victim.clone(),
         )));
         m.count(&NodeEvent::ConnManager(ConnManagerEvent::Trimmed(victim)));
+        m.count(&NodeEvent::IncomingRefused {
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
+            reason: Refusal::TooManyHandshakesFromAddr,
+        });
         m.count(&NodeEvent::Pool(P2pEvent::SwapFailure {
             source: PeerId([2; 16]),
         }));
@@ -317,6 +350,12 @@ mod tests {
         );
         assert!(
             text.contains("peerpool_p2p_swaps_total{result=\"failure\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "peerpool_p2p_incoming_refusals_total{reason=\"too_many_handshakes_from_addr\"} 1"
+            ),
             "{text}"
         );
         assert!(

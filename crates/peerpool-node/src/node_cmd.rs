@@ -40,7 +40,8 @@ pub struct NodeArgs {
     /// Ignore the configuration file's `bootstrap-peers`.
     #[arg(long)]
     pub no_bootstrap_peers: bool,
-    /// Data directory (identity.json is created there on first start).
+    /// Data directory (identity.json is created there on first start; default: the
+    /// configuration file's `data-dir`, else `~/.peerpool-node`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Private mode: only trusted points and peers (`--peer`), in both directions; our
