@@ -1,44 +1,53 @@
-//! The I/O of one connection attempt, as step futures. The owner runs each step as a
-//! tracked task (so one node's handshakes use every worker thread) and waits for its
-//! outcome; the decision between the steps is a call into the policy, in the owner:
+//! One connection attempt, run as one tracked task from the first byte to a running
+//! connection. The decision in the middle belongs to the policy, in the owner: the task
+//! hands the authenticated peer over ([`Decide`]) and waits for the [`Admission`].
 //!
 //! 1. [`outgoing`] dials (from our listening address) or [`incoming`] takes the accepted
 //!    stream; either registers it with the I/O scheduler and runs the handshake up to the
-//!    decision step ([`Step::Authenticated`]);
-//! 2. the owner asks the policy and gives the decision to [`decide`], which sends Ack and
-//!    waits for the peer's ([`Step::Established`]), or sends a Nack, or closes.
+//!    decision step;
+//! 2. the owner's decision comes back: Ack and wait for the peer's, or a Nack, or a close;
+//! 3. once both Acks are exchanged, the task starts the connection's reader and writer
+//!    itself and ends with [`Step::Established`]; the owner registers the connection.
 //!
-//! The whole attempt runs under one deadline (`connection_timeout` or
+//! Running the whole attempt in one task keeps the owner off its critical path: the owner
+//! sees it twice (the decision, the end) and never starts tasks for it (issue 7: a
+//! sequential connect paid for a task hop and a spawn at each step before).
+//!
+//! The handshake runs under one deadline (`connection_timeout` or
 //! `authentication_timeout`). Any failure ends as [`Step::Failed`].
 
+use crate::budget::ByteBudget;
+use crate::connection::{self, Connection, ConnectionInfo, MessageTotals, Notice, Wiring};
 use crate::error::ConnectError;
-use crate::io_scheduler::{IoScheduler, ScheduledWriter};
+use crate::inbox::Inbox;
+use crate::io_scheduler::IoScheduler;
 use crate::scheduled_stream::ScheduledStream;
-use crate::socket::{self, Authenticated, Established};
+use crate::socket::{self, Established};
 use crate::transport::{Transport, TransportStream};
 use peerpool_proto::handshake::{Direction, HandshakeConfig};
-use peerpool_proto::policy::{Admission, ConnectionId};
+use peerpool_proto::message::AppMessage;
+use peerpool_proto::point::Point;
+use peerpool_proto::policy::{Admission, AuthenticatedPeer, ConnectionId};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-/// Where an attempt stands when its future completes.
-pub(crate) enum Step {
-    /// The peer proved its key and sent its metadata: the owner decides.
-    Authenticated {
-        id: ConnectionId,
-        auth: Box<Authenticated<ScheduledStream>>,
-        io: ScheduledWriter,
-    },
-    /// Both Acks were exchanged.
+/// Capacity of each connection's notice channel: a flooding peer waits (its socket is no
+/// longer read) while the owner serves the others in turn.
+pub(crate) const NOTICES_PER_CONNECTION: usize = 4;
+
+/// How an attempt ends.
+pub(crate) enum Step<M: AppMessage> {
+    /// Both Acks were exchanged and the connection's tasks run.
     Established {
         id: ConnectionId,
-        established: Box<Established<ScheduledStream>>,
-        io: ScheduledWriter,
+        connection: Connection<M>,
+        notices: mpsc::Receiver<Notice>,
     },
     /// The attempt failed (or we refused the peer).
     Failed {
@@ -47,138 +56,171 @@ pub(crate) enum Step {
     },
 }
 
-/// A step of an attempt, polled by the owner.
-pub(crate) type StepFuture = Pin<Box<dyn Future<Output = Step> + Send>>;
+/// An authenticated peer waiting for the policy's decision.
+pub(crate) struct Decide {
+    pub id: ConnectionId,
+    pub peer: AuthenticatedPeer,
+    pub reply: oneshot::Sender<Admission>,
+}
 
 /// What every attempt needs.
-#[derive(Clone)]
-pub(crate) struct AttemptContext {
+pub(crate) struct AttemptContext<M> {
     pub scheduler: Arc<IoScheduler>,
     pub handshake: HandshakeConfig,
     pub close_timeout: Duration,
+    /// Where authenticated peers go for a decision (the owner).
+    pub decisions: mpsc::UnboundedSender<Decide>,
+    /// What an established connection is wired to.
+    pub queues: crate::connection::QueueConfig,
+    pub totals: Arc<MessageTotals>,
+    pub budget: ByteBudget,
+    pub inbox: Arc<Inbox<M>>,
+    pub tracker: TaskTracker,
 }
 
-async fn within<T>(
-    deadline: Instant,
-    timeout: Duration,
-    work: impl Future<Output = Result<T, ConnectError>>,
-) -> Result<T, ConnectError> {
-    tokio::time::timeout_at(deadline, work)
-        .await
-        .unwrap_or(Err(ConnectError::Timeout(timeout)))
-}
-
-async fn authenticate<S: TransportStream>(
-    stream: S,
-    ctx: AttemptContext,
-    direction: Direction,
-    nonce: [u8; 24],
-) -> Result<(Box<Authenticated<ScheduledStream>>, ScheduledWriter), ConnectError> {
-    // From here on every byte, the handshake's included, goes through the scheduler.
-    let scheduled = ctx
-        .scheduler
-        .register(stream)
-        .map_err(|e| ConnectError::Scheduler(Arc::new(e)))?;
-    let stream = ScheduledStream::new(scheduled, ctx.close_timeout);
-    let io = stream.writer().clone();
-    let auth = socket::authenticate(stream, ctx.handshake, direction, nonce).await?;
-    Ok((Box::new(auth), io))
-}
-
-fn finish(
-    id: ConnectionId,
-    r: Result<(Box<Authenticated<ScheduledStream>>, ScheduledWriter), ConnectError>,
-) -> Step {
-    match r {
-        Ok((auth, io)) => Step::Authenticated { id, auth, io },
-        Err(error) => Step::Failed { id, error },
+impl<M> Clone for AttemptContext<M> {
+    fn clone(&self) -> Self {
+        AttemptContext {
+            scheduler: self.scheduler.clone(),
+            handshake: self.handshake.clone(),
+            close_timeout: self.close_timeout,
+            decisions: self.decisions.clone(),
+            queues: self.queues,
+            totals: self.totals.clone(),
+            budget: self.budget.clone(),
+            inbox: self.inbox.clone(),
+            tracker: self.tracker.clone(),
+        }
     }
 }
 
-/// Dials `remote` from `local` and authenticates, before `deadline`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn outgoing<T: Transport>(
-    id: ConnectionId,
+/// Who the attempt is with, and its deadline.
+#[derive(Clone, Copy)]
+pub(crate) struct Attempt {
+    pub id: ConnectionId,
+    pub direction: Direction,
+    pub remote_addr: SocketAddr,
+    pub nonce: [u8; 24],
+    pub deadline: Instant,
+    pub timeout: Duration,
+}
+
+/// Dials `a.remote_addr` from `local`, then runs the attempt.
+pub(crate) async fn outgoing<T: Transport, M: AppMessage>(
+    a: Attempt,
     transport: T,
     local: Option<IpAddr>,
-    remote: SocketAddr,
-    ctx: AttemptContext,
-    nonce: [u8; 24],
-    deadline: Instant,
-    timeout: Duration,
-) -> StepFuture {
-    Box::pin(async move {
-        let r = within(deadline, timeout, async {
-            let stream = transport
-                .connect(local, remote)
-                .await
-                .map_err(|e| ConnectError::Connect(Arc::new(e)))?;
-            authenticate(stream, ctx, Direction::Outgoing, nonce).await
-        })
-        .await;
-        finish(id, r)
-    })
+    ctx: AttemptContext<M>,
+) -> Step<M> {
+    let connect = async move {
+        transport
+            .connect(local, a.remote_addr)
+            .await
+            .map_err(|e| ConnectError::Connect(Arc::new(e)))
+    };
+    run(a, connect, ctx).await
 }
 
-/// Authenticates an accepted stream before `deadline`.
-pub(crate) fn incoming<S: TransportStream>(
-    id: ConnectionId,
+/// Runs the attempt over an accepted stream.
+pub(crate) async fn incoming<S: TransportStream, M: AppMessage>(
+    a: Attempt,
     stream: S,
-    ctx: AttemptContext,
-    nonce: [u8; 24],
-    deadline: Instant,
-    timeout: Duration,
-) -> StepFuture {
-    Box::pin(async move {
-        let r = within(
-            deadline,
-            timeout,
-            authenticate(stream, ctx, Direction::Incoming, nonce),
-        )
-        .await;
-        finish(id, r)
-    })
+    ctx: AttemptContext<M>,
+) -> Step<M> {
+    run(a, std::future::ready(Ok(stream)), ctx).await
 }
 
-/// Carries out the owner's decision on an authenticated peer, before `deadline`.
-pub(crate) fn decide(
-    id: ConnectionId,
-    auth: Box<Authenticated<ScheduledStream>>,
-    io: ScheduledWriter,
-    admission: Admission,
-    deadline: Instant,
-    timeout: Duration,
-) -> StepFuture {
-    Box::pin(async move {
-        let work = async {
-            match admission {
-                Admission::Accept(version) => {
-                    let established = auth.accept(version).await?;
-                    Ok(Some(Box::new(established)))
-                }
-                Admission::Nack(motive, points) => {
-                    auth.reject(motive, points).await?;
-                    Err(ConnectError::RejectedByUs(motive))
-                }
-                Admission::Close(e) => {
-                    let mut stream = auth.into_stream();
-                    let _ = stream.shutdown().await;
-                    Err(ConnectError::Pool(e))
-                }
-                _ => Ok(None),
-            }
+async fn run<S: TransportStream, M: AppMessage>(
+    a: Attempt,
+    connect: impl Future<Output = Result<S, ConnectError>>,
+    ctx: AttemptContext<M>,
+) -> Step<M> {
+    let handshake = async {
+        let stream = connect.await?;
+        // From here on every byte, the handshake's included, goes through the scheduler.
+        let scheduled = ctx
+            .scheduler
+            .register(stream)
+            .map_err(|e| ConnectError::Scheduler(Arc::new(e)))?;
+        let stream = ScheduledStream::new(scheduled, ctx.close_timeout);
+        let io = stream.writer().clone();
+        let auth =
+            socket::authenticate(stream, ctx.handshake.clone(), a.direction, a.nonce).await?;
+        let (reply, decision) = oneshot::channel();
+        let peer = AuthenticatedPeer {
+            peer_id: auth.peer_id,
+            announced_port: auth.connection_message.port,
+            announced_version: auth.connection_message.version.clone(),
+            metadata: auth.metadata,
         };
-        match within(deadline, timeout, work).await {
-            Ok(Some(established)) => Step::Established {
-                id,
-                established,
-                io,
-            },
-            Ok(None) => Step::Failed {
-                id,
-                error: ConnectError::NodeStopped,
-            },
-            Err(error) => Step::Failed { id, error },
+        ctx.decisions
+            .send(Decide {
+                id: a.id,
+                peer,
+                reply,
+            })
+            .map_err(|_| ConnectError::NodeStopped)?;
+        match decision.await.map_err(|_| ConnectError::NodeStopped)? {
+            Admission::Accept(version) => Ok((auth.accept(version).await?, io)),
+            Admission::Nack(motive, points) => {
+                auth.reject(motive, points).await?;
+                Err(ConnectError::RejectedByUs(motive))
+            }
+            Admission::Close(e) => {
+                let mut stream = auth.into_stream();
+                let _ = stream.shutdown().await;
+                Err(ConnectError::Pool(e))
+            }
+            _ => Err(ConnectError::NodeStopped),
         }
-    })
+    };
+    let r = tokio::time::timeout_at(a.deadline, handshake)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(a.timeout)));
+    match r {
+        Ok((established, io)) => start(a, established, io, &ctx),
+        Err(error) => Step::Failed { id: a.id, error },
+    }
+}
+
+/// Starts the connection's reader and writer tasks.
+fn start<M: AppMessage>(
+    a: Attempt,
+    established: Established<ScheduledStream>,
+    io: crate::io_scheduler::ScheduledWriter,
+    ctx: &AttemptContext<M>,
+) -> Step<M> {
+    let session = &established.session;
+    let info = ConnectionInfo {
+        id: a.id,
+        peer_id: session.peer_id,
+        remote_addr: a.remote_addr,
+        listening_point: session
+            .remote
+            .port
+            .map(|port| Point::new(a.remote_addr.ip(), port)),
+        direction: a.direction,
+        version: session.version.clone(),
+        announced_version: session.remote.version.clone(),
+        metadata: session.remote_metadata,
+    };
+    let (notices_tx, notices) = mpsc::channel(NOTICES_PER_CONNECTION);
+    let connection = connection::spawn::<M, _>(
+        established,
+        info,
+        Wiring {
+            queues: ctx.queues,
+            totals: ctx.totals.clone(),
+            budget: ctx.budget.clone(),
+            inbox: ctx.inbox.clone(),
+            notices: notices_tx,
+            tracker: ctx.tracker.clone(),
+            io,
+        },
+    );
+    Step::Established {
+        id: a.id,
+        connection,
+        notices,
+    }
 }

@@ -153,6 +153,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             totals: Arc::default(),
         });
         let (commands, command_rx) = mpsc::channel(256);
+        let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let ctx = crate::attempt::AttemptContext {
             scheduler: scheduler.clone(),
             handshake: config.handshake(
@@ -162,6 +163,12 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
                     .or(local_addr.map(|a| a.port())),
             ),
             close_timeout: c.close_timeout,
+            decisions: decisions_tx,
+            queues: c.queues,
+            totals: shared.totals.clone(),
+            budget: shared.budget.clone(),
+            inbox: shared.inbox.clone(),
+            tracker: tracker.clone(),
         };
         // The welcome worker and local discovery stop with the same token at shutdown.
         let stop_workers = CancellationToken::new();
@@ -196,6 +203,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             rng,
             scheduler,
             ctx,
+            decisions,
             shared: shared.clone(),
             tracker,
             stop_welcome: stop_workers,

@@ -1,13 +1,13 @@
 //! The owner task: the one task that holds the node's state (the connection policy and
 //! its pool, the connection handles, the attempts in flight). It performs I/O and applies
 //! the policy's actions; every decision is the policy's. It sleeps until the next of: a
-//! command from a handle, an attempt's step, a notice from a connection, an accepted
+//! command from a handle, an attempt's decision or end, a notice from a connection, an accepted
 //! stream, or the policy's own deadline (no fixed tick).
 
-use crate::attempt::{self, AttemptContext, Step, StepFuture};
+use crate::attempt::{self, AttemptContext, Decide, Step};
 use crate::clock::NodeClock;
 use crate::config::ValidConfig;
-use crate::connection::{self, CloseReason, Connection, ConnectionInfo, Notice, Wiring};
+use crate::connection::{CloseReason, Connection, Notice};
 use crate::error::ConnectError;
 use crate::event::NodeEvent;
 use crate::io_scheduler::IoScheduler;
@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use peerpool_proto::handshake::Direction;
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::message::AppMessage;
-use peerpool_proto::policy::{Action, AuthenticatedPeer, ClosedBy, ConnectionId, ConnectionPolicy};
+use peerpool_proto::policy::{Action, ClosedBy, ConnectionId, ConnectionPolicy};
 use rand::rngs::StdRng;
 use rand::RngCore;
 use std::collections::BTreeMap;
@@ -53,9 +53,8 @@ async fn discovered(link: &mut Option<DiscoveryLink>) -> Option<peerpool_proto::
     }
 }
 
-/// Capacity of each connection's notice channel: a flooding peer waits (its socket is no
-/// longer read) while the owner serves the others in turn.
-const NOTICES_PER_CONNECTION: usize = 4;
+/// An attempt's task, polled for its end.
+type AttemptFuture<M> = Pin<Box<dyn std::future::Future<Output = Step<M>> + Send>>;
 
 /// What the owner remembers of an attempt in flight.
 struct AttemptMeta {
@@ -76,7 +75,9 @@ pub(crate) struct Owner<T: Transport, M: AppMessage, P: PeerMetadata> {
     pub clock: NodeClock,
     pub rng: StdRng,
     pub scheduler: Arc<IoScheduler>,
-    pub ctx: AttemptContext,
+    pub ctx: AttemptContext<M>,
+    /// Authenticated peers of attempts in flight, waiting for the policy's decision.
+    pub decisions: mpsc::UnboundedReceiver<Decide>,
     pub shared: Arc<NodeShared<M>>,
     pub tracker: TaskTracker,
     pub stop_welcome: CancellationToken,
@@ -94,7 +95,7 @@ pub(crate) struct DiscoveryLink {
 /// The owner's working state while running.
 struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
     o: Owner<T, M, P>,
-    steps: FuturesUnordered<StepFuture>,
+    steps: FuturesUnordered<AttemptFuture<M>>,
     meta: BTreeMap<ConnectionId, AttemptMeta>,
     notices: SelectAll<NoticeStream>,
     conns: BTreeMap<ConnectionId, Connection<M>>,
@@ -102,6 +103,9 @@ struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
     accepted_rx: mpsc::Receiver<(T::Stream, SocketAddr)>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     maintain_waiters: Vec<oneshot::Sender<()>>,
+    /// The policy's next deadline, and the instant `timer` is set to (`None`: no deadline).
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
 }
 
 impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
@@ -119,6 +123,8 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
             accepted_rx,
             shutdown_waiters: Vec::new(),
             maintain_waiters: Vec::new(),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_at: None,
         };
         r.apply_actions();
         r.serve().await;
@@ -159,12 +165,17 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                 .policy
                 .poll_timeout()
                 .map(|t| self.o.clock.instant_of(t));
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            // One timer, moved only when the deadline moves: registering a new timer on
+            // every turn costs a lock on the time driver (and may wake its thread) before
+            // the tasks this turn started get to run.
+            if let Some(at) = deadline {
+                if self.timer_at != Some(at) {
+                    self.timer.as_mut().reset(at);
+                    self.timer_at = Some(at);
                 }
-            };
+            } else {
+                self.timer_at = None;
+            }
             tokio::select! {
                 // Order: the handles' commands, attempts in progress, connections' notices
                 // (served in turn across connections), then new incoming streams; timers
@@ -178,6 +189,9 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                     Some(cmd) => self.command(cmd),
                     None => return,
                 },
+                // Before the attempts' ends, so a decision asked for by an attempt that has
+                // ended since is still seen before its end.
+                Some(d) = self.o.decisions.recv() => self.decide(d),
                 Some(step) = self.steps.next(), if !self.steps.is_empty() => self.step(step),
                 Some((id, notice)) = self.notices.next(), if !self.notices.is_empty() => {
                     self.notice(id, notice)
@@ -187,7 +201,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                     let now = self.now();
                     self.o.policy.handle_discovered(now, point);
                 }
-                _ = sleep => {}
+                _ = &mut self.timer, if self.timer_at.is_some() => {}
             }
             self.apply_actions();
         }

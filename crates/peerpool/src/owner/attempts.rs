@@ -1,13 +1,18 @@
 //! The owner's side of connection attempts: starting dials and incoming handshakes as
-//! spawned steps, and acting on how each ends (established, failed).
+//! tasks, deciding on authenticated peers, and acting on how each ends (established,
+//! failed).
 
 use super::*;
 
 impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
-    /// Runs an attempt's step as a task of its own (so the handshakes of one node use
-    /// every worker thread), and polls its outcome from the owner.
-    pub(super) fn push_step(&mut self, id: ConnectionId, step: StepFuture) {
-        let handle = tokio_util::task::AbortOnDropHandle::new(self.o.tracker.spawn(step));
+    /// Runs an attempt as a task of its own (so the handshakes of one node use every
+    /// worker thread), and polls its end from the owner.
+    fn push_attempt(
+        &mut self,
+        id: ConnectionId,
+        attempt: impl std::future::Future<Output = Step<M>> + Send + 'static,
+    ) {
+        let handle = tokio_util::task::AbortOnDropHandle::new(self.o.tracker.spawn(attempt));
         self.steps.push(Box::pin(async move {
             handle.await.unwrap_or(Step::Failed {
                 id,
@@ -26,18 +31,21 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             reply: None,
         });
         let (deadline, timeout) = (meta.deadline, meta.timeout);
-        let nonce = self.nonce();
-        self.push_step(
+        let a = attempt::Attempt {
+            id,
+            direction: Direction::Outgoing,
+            remote_addr: remote,
+            nonce: self.nonce(),
+            deadline,
+            timeout,
+        };
+        self.push_attempt(
             id,
             attempt::outgoing(
-                id,
+                a,
                 self.o.transport.clone(),
                 self.o.local_ip,
-                remote,
                 self.o.ctx.clone(),
-                nonce,
-                deadline,
-                timeout,
             ),
         );
     }
@@ -58,11 +66,15 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                         reply: None,
                     },
                 );
-                let nonce = self.nonce();
-                self.push_step(
+                let a = attempt::Attempt {
                     id,
-                    attempt::incoming(id, stream, self.o.ctx.clone(), nonce, deadline, timeout),
-                );
+                    direction: Direction::Incoming,
+                    remote_addr,
+                    nonce: self.nonce(),
+                    deadline,
+                    timeout,
+                };
+                self.push_attempt(id, attempt::incoming(a, stream, self.o.ctx.clone()));
             }
             Err(reason) => {
                 debug!(%remote_addr, %reason, "incoming connection refused");
@@ -75,32 +87,21 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
         }
     }
 
-    pub(super) fn step(&mut self, step: Step) {
+    /// The policy's decision on an authenticated peer, sent back to its attempt. An
+    /// attempt that has ended meanwhile is told of by its end, which comes next.
+    pub(super) fn decide(&mut self, d: Decide) {
         let now = self.now();
+        let admission = self.o.policy.handle_authenticated(now, d.id, &d.peer);
+        let _ = d.reply.send(admission);
+    }
+
+    pub(super) fn step(&mut self, step: Step<M>) {
         match step {
-            Step::Authenticated { id, auth, io } => {
-                let peer = AuthenticatedPeer {
-                    peer_id: auth.peer_id,
-                    announced_port: auth.connection_message.port,
-                    announced_version: auth.connection_message.version.clone(),
-                    metadata: auth.metadata,
-                };
-                let admission = self.o.policy.handle_authenticated(now, id, &peer);
-                let (deadline, timeout) = self
-                    .meta
-                    .get(&id)
-                    .map(|m| (m.deadline, m.timeout))
-                    .unwrap_or((Instant::now(), Duration::ZERO));
-                self.push_step(
-                    id,
-                    attempt::decide(id, auth, io, admission, deadline, timeout),
-                );
-            }
             Step::Established {
                 id,
-                established,
-                io,
-            } => self.established(id, *established, io),
+                connection,
+                notices,
+            } => self.established(id, connection, notices),
             Step::Failed { id, error } => self.failed(id, error),
         }
     }
@@ -108,12 +109,12 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
     pub(super) fn established(
         &mut self,
         id: ConnectionId,
-        established: crate::socket::Established<crate::scheduled_stream::ScheduledStream>,
-        io: crate::io_scheduler::ScheduledWriter,
+        connection: Connection<M>,
+        notices: mpsc::Receiver<Notice>,
     ) {
         let now = self.now();
         let meta = self.meta.remove(&id);
-        let peer_id = established.session.peer_id;
+        let peer_id = connection.info().peer_id;
         let reply = |meta: Option<AttemptMeta>, r: Result<PeerId, ConnectError>| {
             if let Some(reply) = meta.and_then(|m| m.reply) {
                 let _ = reply.send(r);
@@ -123,11 +124,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             // A duplicate (the other connection with this peer won) or a node shutting
             // down: close this one; the peer is connected, or the node is stopping.
             debug!(%peer_id, %id, "duplicate connection: closing it");
-            let mut stream = established.stream;
-            self.o.tracker.spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = stream.shutdown().await;
-            });
+            connection.close_with(peerpool_proto::policy::DisconnectReason::Duplicate);
             let r = if self.o.policy.connection_of(&peer_id).is_some() {
                 Ok(peer_id)
             } else {
@@ -136,51 +133,20 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             reply(meta, r);
             return;
         }
-        let Some(view) = self.o.policy.connections().find(|c| c.id == id).cloned() else {
-            reply(meta, Err(ConnectError::NodeStopped));
-            return;
-        };
-        let info = ConnectionInfo {
-            id,
-            peer_id,
-            remote_addr: view.remote_addr,
-            listening_point: established
-                .session
-                .remote
-                .port
-                .map(|port| peerpool_proto::point::Point::new(view.remote_addr.ip(), port)),
-            direction: view.direction,
-            version: established.session.version.clone(),
-            announced_version: established.session.remote.version.clone(),
-            metadata: established.session.remote_metadata,
-        };
-        let (notices_tx, notices_rx) = mpsc::channel(NOTICES_PER_CONNECTION);
-        let c = self.o.config.get();
-        let connection = connection::spawn::<M, _>(
-            established,
-            info,
-            Wiring {
-                queues: c.queues,
-                totals: self.o.shared.totals.clone(),
-                budget: self.o.shared.budget.clone(),
-                inbox: self.o.shared.inbox.clone(),
-                notices: notices_tx,
-                tracker: self.o.tracker.clone(),
-                io,
-            },
-        );
-        self.notices.push(notice_stream(id, notices_rx));
+        let remote_addr = connection.info().remote_addr;
+        let direction = connection.info().direction;
+        self.notices.push(notice_stream(id, notices));
         self.o.shared.register(peer_id, connection.clone());
         self.conns.insert(id, connection);
         // The policy's actions for the new connection (weight, Bootstrap) are carried out
         // before anyone hears of it.
         self.apply_actions();
-        info!(%peer_id, remote_addr = %view.remote_addr, direction = ?view.direction, "connection established");
+        info!(%peer_id, %remote_addr, ?direction, "connection established");
         self.emit(NodeEvent::ConnectionEstablished {
             id,
             peer_id,
-            remote_addr: view.remote_addr,
-            direction: view.direction,
+            remote_addr,
+            direction,
         });
         reply(meta, Ok(peer_id));
     }
