@@ -5,7 +5,9 @@
 //! tick it was last brought up to date at, and a read applies the ticks elapsed since:
 //! O(1) for [`Decay::None`], [`Decay::Fixed`] and [`Decay::ExpireWhenInactive`]; one
 //! step per elapsed interval for [`Decay::Linear`] and [`Decay::Custom`], stopping as soon
-//! as the value reaches 0 (at most ⌈63 / log2(1/coef)⌉ steps for `Linear(coef)`).
+//! as the value reaches 0 (or, for `Custom`, stops changing). `Linear` steps one by one at
+//! most 4096 times, then applies the remaining ticks at once (`⌊value × coef^n⌋`), so a
+//! coefficient close to 1 read after many ticks costs no more.
 //!
 //! Ticks fall at `registered + j × interval` (j = 1, 2, …), the same instants for every
 //! peer, as go-libp2p's ticker. A value at or below 0 after a decay step removes the tag.
@@ -14,6 +16,9 @@ use crate::pool::Time;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Nanoseconds per second.
+const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// How a decaying tag's value falls at each tick.
 #[derive(Clone)]
@@ -28,7 +33,8 @@ pub enum Decay {
     /// Removed at the first tick at least this long after the last bump (go-libp2p
     /// `DecayExpireWhenInactive`).
     ExpireWhenInactive(Duration),
-    /// Any rule: the next value from the current one, applied once per tick.
+    /// Any rule: the next value from the current one, applied once per tick. A read
+    /// calls it once per elapsed tick, until the value reaches 0 or stops changing.
     Custom(Arc<dyn Fn(i64) -> i64 + Send + Sync>),
 }
 
@@ -145,12 +151,13 @@ impl DecayingTag {
         u64::try_from(since.as_nanos() / self.interval.as_nanos().max(1)).unwrap_or(u64::MAX)
     }
 
-    /// The instant of tick `j`.
+    /// The instant of tick `j` (saturating at the end of [`Time`]).
     pub fn tick_time(&self, j: u64) -> Time {
-        let offset = self
-            .interval
-            .checked_mul(u32::try_from(j).unwrap_or(u32::MAX))
-            .unwrap_or(Duration::MAX);
+        let nanos = self.interval.as_nanos().saturating_mul(u128::from(j));
+        let offset = u64::try_from(nanos / NANOS_PER_SEC).map_or(Duration::MAX, |secs| {
+            // The remainder is below 10^9.
+            Duration::new(secs, u32::try_from(nanos % NANOS_PER_SEC).unwrap_or(0))
+        });
         self.registered.saturating_add(offset)
     }
 }
@@ -193,13 +200,16 @@ impl DecayingValue {
                 self.value > 0
             }
             Decay::Linear(c) => {
-                for _ in 0..steps {
+                for _ in 0..steps.min(LINEAR_EXACT_STEPS) {
                     self.value = linear_step(self.value, *c);
                     if self.value <= 0 {
                         return false;
                     }
                 }
-                true
+                if steps > LINEAR_EXACT_STEPS {
+                    self.value = linear_steps(self.value, *c, steps - LINEAR_EXACT_STEPS);
+                }
+                self.value > 0
             }
             Decay::ExpireWhenInactive(after) => {
                 let at = tag.tick_time(target);
@@ -207,12 +217,17 @@ impl DecayingValue {
             }
             Decay::Custom(f) => {
                 for _ in 0..steps {
-                    self.value = f(self.value);
+                    let next = f(self.value);
+                    if next == self.value {
+                        // A fixed point: every later tick leaves it there too.
+                        break;
+                    }
+                    self.value = next;
                     if self.value <= 0 {
                         return false;
                     }
                 }
-                true
+                self.value > 0
             }
         }
     }
@@ -233,6 +248,20 @@ impl DecayingValue {
 #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 pub(crate) fn linear_step(value: i64, coef: f64) -> i64 {
     (value as f64 * coef).floor() as i64
+}
+
+/// `Linear` steps applied one by one, exactly, before [`linear_steps`] takes over: 4096
+/// steps take any value of a coefficient up to 0.99 to 0.
+const LINEAR_EXACT_STEPS: u64 = 4096;
+
+/// `n` more `Linear` steps at once: `⌊value × coef^n⌋`. This drops the rounding down of
+/// each step (at most 1 per step), which matters only for a coefficient so close to 1
+/// that the value lasts beyond [`LINEAR_EXACT_STEPS`] ticks; it keeps a read O(1) where
+/// stepping could take longer than the age of the universe (a coefficient of
+/// `1 - 2^-53` takes `i64::MAX` to 0 in about 4 × 10^17 steps).
+#[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+fn linear_steps(value: i64, coef: f64, n: u64) -> i64 {
+    (value as f64 * coef.powf(n as f64)).floor() as i64
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     /// Every Nack carries up to `advertise_points` known public points (none without peer
     /// discovery). Tie-break: of two connections between the same two nodes, the one
     /// dialled by the smaller peer id wins on both sides.
+    ///
+    /// Called once per attempt: a second call answers `Close` and changes nothing.
     pub fn handle_authenticated(
         &mut self,
         now: Time,
@@ -95,6 +97,16 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
         let Some(attempt) = self.attempts.get(&id).cloned() else {
             return Admission::Close(PoolError::UnknownPeer(peer_id));
         };
+        if attempt.decided {
+            // A second decision on one attempt (a runtime's bug): refused, and the first
+            // one stands, so no point or peer changes hands.
+            return Admission::Close(PoolError::AlreadyConnected(Point::from(
+                attempt.remote_addr,
+            )));
+        }
+        if let Some(a) = self.attempts.get_mut(&id) {
+            a.decided = true;
+        }
         if self.stopping {
             return Admission::Nack(NackMotive::NoMotive, Vec::new());
         }

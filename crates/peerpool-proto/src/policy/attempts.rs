@@ -121,6 +121,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 peer_id: None,
                 expected,
                 private: false,
+                decided: false,
             },
         );
         self.point_owner.insert(point, id);
@@ -179,6 +180,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 peer_id: None,
                 expected: None,
                 private: false,
+                decided: false,
             },
         );
         self.incoming_in_flight += 1;
@@ -199,8 +201,9 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     }
 
     /// The Ack exchange of attempt `id` succeeded: the connection is running. Returns
-    /// `false` if it is a duplicate (another connection with the same peer won): the
-    /// runtime closes it and reports nothing more about it.
+    /// `false` if it is a duplicate (another connection with the same peer won), or if
+    /// the peer or its address was banned since its admission: the runtime closes it and
+    /// reports nothing more about it.
     pub fn handle_established(&mut self, now: Time, id: ConnectionId) -> bool {
         self.clock.set(now);
         let Some(attempt) = self.end_attempt(id) else {
@@ -208,12 +211,25 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             return false;
         };
         let Some(peer_id) = attempt.peer_id else {
-            // Established without admission: a driver bug; refuse it.
+            // Established without admission: a driver bug; refuse it, and give the point
+            // back as any failed attempt does, so that it is not left Requested.
+            self.release_states(now, id, &attempt);
+            self.maintenance_attempt_ended(id, false);
+            self.swap_attempt_ended(now, id, false);
             self.finish(now);
             return false;
         };
         let owns = self.pending.get(&peer_id) == Some(&id);
-        if !owns || self.by_peer.contains_key(&peer_id) || self.stopping {
+        // A ban that came during the Ack exchange refuses the connection, as it would
+        // have refused the admission (the pool's rule: a trusted point or peer keeps a
+        // banned address, never a banned peer).
+        let trusted = attempt
+            .point
+            .is_some_and(|p| self.pool.point(&p).is_some_and(|i| i.trusted))
+            || self.pool.peer(&peer_id).is_some_and(|p| p.trusted);
+        let banned = self.pool.peer_banned(&peer_id)
+            || (self.pool.acl().banned_addr(attempt.remote_addr.ip()) && !trusted);
+        if !owns || self.by_peer.contains_key(&peer_id) || self.stopping || banned {
             self.release_states(now, id, &attempt);
             self.maintenance_attempt_ended(id, false);
             self.swap_attempt_ended(now, id, false);
@@ -246,10 +262,6 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             self.config.advertise_rate,
             self.config.swap_rate,
         );
-        let trusted = attempt
-            .point
-            .is_some_and(|p| self.pool.point(&p).is_some_and(|i| i.trusted))
-            || self.pool.peer(&peer_id).is_some_and(|p| p.trusted);
         self.manager.connection_opened(
             now,
             id,

@@ -11,11 +11,17 @@ pub const ADVERTISE_POINTS: usize = 50;
 /// octez's default expected connection count (BEHAVIOUR.md §9).
 pub const DEFAULT_EXPECTED_CONNECTIONS: usize = 50;
 
+/// The longest a [`Rate`] may take to refill its whole burst (`period × burst`): 100
+/// years. The rate limiter counts in `u64` nanoseconds (584 years), so a longer window
+/// would overflow it.
+pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// A per-peer rate: at most `burst` messages at once, refilled at one per `period`
 /// (a GCRA, as the `governor` crate implements it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
-    /// Time to earn one more message. Must be > 0.
+    /// Time to earn one more message. Must be > 0, and `period × burst` at most
+    /// [`MAX_RATE_WINDOW`].
     pub period: Duration,
     /// Messages allowed back to back. Must be ≥ 1.
     pub burst: u32,
@@ -258,6 +264,16 @@ impl PolicyConfig {
                 return Err(PolicyConfigError::new(
                     field,
                     "needs period > 0 and burst >= 1",
+                ));
+            }
+            if rate
+                .period
+                .checked_mul(rate.burst)
+                .is_none_or(|window| window > MAX_RATE_WINDOW)
+            {
+                return Err(PolicyConfigError::new(
+                    field,
+                    "needs period x burst <= 100 years",
                 ));
             }
         }

@@ -34,11 +34,17 @@ impl InputClock {
     }
 }
 
+/// The rate limiters' clock stops at 2^63 ns after the epoch (the year 2262): the
+/// limiter adds a refill window (at most [`MAX_RATE_WINDOW`](super::MAX_RATE_WINDOW),
+/// checked by validation) to the time in `u64` nanoseconds, which must not overflow
+/// however far the time given moves. Past it, allowances no longer refill.
+const LIMITER_CLOCK_END: u64 = u64::MAX / 2;
+
 impl Clock for InputClock {
     type Instant = Duration;
 
     fn now(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+        Duration::from_nanos(self.0.load(Ordering::Relaxed).min(LIMITER_CLOCK_END))
     }
 }
 

@@ -38,6 +38,7 @@
 //! - `control`: per-peer rate limits (the `governor` crate), Bootstrap/Advertise, and the
 //!   routing of swap messages.
 //! - `operator`: bans, trust, greylisting, disconnections, shutdown.
+//! - `audit`: the invariants every state keeps ([`ConnectionPolicy::audit`]).
 
 pub mod config;
 pub mod plugins;
@@ -45,6 +46,7 @@ pub mod types;
 
 mod admission;
 mod attempts;
+mod audit;
 mod control;
 mod maintenance;
 mod operator;
@@ -64,9 +66,10 @@ mod tests_operator;
 mod tests_swap;
 
 pub use attempts::weight_of_score;
+pub use audit::Violation;
 pub use config::{
     Bounds, MaintenanceConfig, PolicyConfig, PolicyConfigError, Rate, Triggers, ADVERTISE_POINTS,
-    DEFAULT_EXPECTED_CONNECTIONS,
+    DEFAULT_EXPECTED_CONNECTIONS, MAX_RATE_WINDOW,
 };
 pub use plugins::{
     AdmissionHook, Candidate, DialPlanner, DiverseCandidates, OctezCandidates, PlanContext,
@@ -104,6 +107,8 @@ struct Attempt {
     expected: Option<PeerId>,
     /// The remote said it is private (known once authenticated).
     private: bool,
+    /// `handle_authenticated` has decided on it: a second call is refused.
+    decided: bool,
 }
 
 /// An established connection.
@@ -154,6 +159,9 @@ pub struct ConnectionPolicy<M> {
     /// The connection manager: when active, it chooses every trim and eviction (the
     /// victim policy and admission hook above serve the no-op manager).
     manager: ConnManager,
+    /// Dials handed out towards an address banned or greylisted at that moment (an
+    /// invariant: stays 0; see [`ConnectionPolicy::audit`]).
+    banned_dials: u64,
 }
 
 impl<M> std::fmt::Debug for ConnectionPolicy<M> {
@@ -190,7 +198,8 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             if (min..=max).contains(&DEFAULT_EXPECTED_CONNECTIONS) {
                 DEFAULT_EXPECTED_CONNECTIONS
             } else {
-                (min + max) / 2
+                // Halfway, without overflowing when both are near `usize::MAX`.
+                min + (max - min) / 2
             },
         );
         let bounds = Bounds::new(min, expected, max)?;
@@ -242,6 +251,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                 Box::new(OctezCandidates)
             },
             manager,
+            banned_dials: 0,
         })
     }
 
@@ -371,7 +381,13 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
 
     /// The next action to carry out, oldest first; `None` when drained.
     pub fn poll_action(&mut self) -> Option<Action<M>> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if let Some(Action::Dial { point, .. }) = &action {
+            if self.pool.point_banned(point) {
+                self.banned_dials += 1;
+            }
+        }
+        action
     }
 
     /// When [`ConnectionPolicy::handle_timeout`] must be called next: the IP-greylist

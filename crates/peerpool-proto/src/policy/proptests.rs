@@ -5,7 +5,6 @@
 use super::tests::{auth, ip, peer, point, policy_with, pool_config, t};
 use super::*;
 use crate::connection_message::NackMotive;
-use crate::pool::{PeerState, PointState};
 use proptest::prelude::*;
 use std::net::SocketAddr;
 
@@ -37,63 +36,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The invariants every state must keep.
+/// The invariants every state must keep ([`ConnectionPolicy::audit`]).
 fn check(p: &ConnectionPolicy<()>) {
-    let pool = p.pool();
-    // Connections never exceed the hard maximum (closing ones excepted).
-    assert!(p.connections.len() - p.closing.len() <= pool.config().max_connections);
-    assert!(p.incoming_in_flight <= p.config.max_incoming_handshakes);
-    assert_eq!(
-        p.incoming_in_flight + p.dialing,
-        p.attempts.len(),
-        "attempt counters"
-    );
-    // No point or peer is stuck: Requested/Accepted only while an attempt owns it.
-    for info in pool.points() {
-        match info.state() {
-            PointState::Requested | PointState::Accepted { .. } => {
-                let owner = p.point_owner.get(&info.point());
-                assert!(
-                    owner.is_some_and(|o| p.attempts.contains_key(o)),
-                    "point {} is {:?} with no attempt",
-                    info.point(),
-                    info.state()
-                );
-            }
-            PointState::Running { peer_id } => {
-                assert!(
-                    p.connections
-                        .values()
-                        .any(|c| c.view.point == Some(info.point()) && c.view.peer_id == peer_id),
-                    "point {} Running with no connection",
-                    info.point()
-                );
-            }
-            PointState::Disconnected => {}
-        }
-    }
-    for info in pool.peers() {
-        match info.state() {
-            PeerState::Accepted { .. } => {
-                let owner = p.pending.get(&info.peer_id());
-                assert!(owner.is_some_and(|o| p.attempts.contains_key(o)));
-            }
-            PeerState::Running { .. } => {
-                assert!(p.by_peer.contains_key(&info.peer_id()));
-            }
-            PeerState::Disconnected => {}
-        }
-    }
-    // One connection per peer, and the peer index agrees.
-    for (peer_id, id) in &p.by_peer {
-        assert_eq!(
-            p.connections.get(id).map(|c| c.view.peer_id),
-            Some(*peer_id)
-        );
-    }
-    assert_eq!(p.by_peer.len(), p.connections.len());
-    // The pool's view of running connections agrees with ours.
-    assert_eq!(pool.active_connections(), p.connections.len());
+    let found = p.audit();
+    assert!(found.is_empty(), "broken invariants: {found:?}");
 }
 
 proptest! {

@@ -12,7 +12,7 @@
 //! - clearing the greylists ([`Acl::clear_greylists`]) leaves manual bans alone;
 //!   [`Acl::clear`] clears all four lists as octez's `DELETE /network/greylist` does.
 
-use super::time::Time;
+use super::time::{duration_from_nanos, Time};
 use crate::crypto::blake2b_256;
 use crate::identity::PeerId;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -26,6 +26,9 @@ pub const IP_HASHES: usize = 5;
 const CELL_MAX: u8 = 15;
 /// Countdowns per `ip_greylist_cleanup_delay`.
 const COUNTDOWNS_PER_DELAY: u32 = 14;
+/// Largest IP greylist filter, KiB (1 GiB, the config file's bound): the filter is
+/// allocated whole at start.
+pub const MAX_IP_GREYLIST_KIB: usize = 1 << 20;
 
 /// ACL sizes and delays (BEHAVIOUR.md §9 defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +36,8 @@ pub struct AclConfig {
     /// Capacity of the peer-id greylist, entries. Default 1023. Must be ≥ 1.
     pub peer_greylist_size: usize,
     /// Memory of the IP greylist filter, KiB (1 KiB = 2048 four-bit cells). Also the
-    /// capacity of the FIFO that lists greylisted IPs for the RPC. Default 2048. Must be ≥ 1.
+    /// capacity of the FIFO that lists greylisted IPs for the RPC. Default 2048. Must be
+    /// in `1..=`[`MAX_IP_GREYLIST_KIB`].
     pub ip_greylist_size_in_kilobytes: usize,
     /// Minimum time an IP stays greylisted. Default 86 400 s. Must be ≥ 14 ns.
     pub ip_greylist_cleanup_delay: Duration,
@@ -58,6 +62,9 @@ pub enum AclError {
     /// `ip_greylist_size_in_kilobytes` is 0.
     #[error("ip_greylist_size_in_kilobytes must be at least 1")]
     EmptyIpGreylist,
+    /// `ip_greylist_size_in_kilobytes` is above [`MAX_IP_GREYLIST_KIB`].
+    #[error("ip_greylist_size_in_kilobytes must be at most {MAX_IP_GREYLIST_KIB} (1 GiB)")]
+    IpGreylistTooLarge,
     /// `ip_greylist_cleanup_delay` is too short to count down.
     #[error("ip_greylist_cleanup_delay must be at least 14 ns")]
     CleanupDelayTooShort,
@@ -71,6 +78,9 @@ impl AclConfig {
         }
         if self.ip_greylist_size_in_kilobytes == 0 {
             return Err(AclError::EmptyIpGreylist);
+        }
+        if self.ip_greylist_size_in_kilobytes > MAX_IP_GREYLIST_KIB {
+            return Err(AclError::IpGreylistTooLarge);
         }
         if self.ip_greylist_cleanup_delay < Duration::from_nanos(u64::from(COUNTDOWNS_PER_DELAY)) {
             return Err(AclError::CleanupDelayTooShort);
@@ -169,15 +179,16 @@ pub struct IpGreylist {
 }
 
 impl IpGreylist {
-    /// A filter of exactly `size_in_kilobytes × 1024` bytes whose entries last at least
-    /// `cleanup_delay` (see the module docs for the rounding).
+    /// A filter of exactly `size_in_kilobytes × 1024` bytes (the size clamped to
+    /// `1..=`[`MAX_IP_GREYLIST_KIB`]) whose entries last at least `cleanup_delay` (see the
+    /// module docs for the rounding).
     pub fn new(size_in_kilobytes: usize, cleanup_delay: Duration) -> Self {
         let nanos = cleanup_delay
             .as_nanos()
             .div_ceil(u128::from(COUNTDOWNS_PER_DELAY));
-        let period = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let period = duration_from_nanos(nanos);
         IpGreylist {
-            cells: vec![0; size_in_kilobytes.max(1) * 1024],
+            cells: vec![0; size_in_kilobytes.clamp(1, MAX_IP_GREYLIST_KIB) * 1024],
             period,
             next_countdown: None,
             listed: VecDeque::new(),
@@ -270,42 +281,56 @@ impl IpGreylist {
         self.listed.retain(|a| *a != ip);
     }
 
-    /// Decrements every non-zero cell once.
-    pub fn countdown(&mut self) {
+    /// Decrements every non-zero cell once; returns whether any cell is still non-zero.
+    pub fn countdown(&mut self) -> bool {
+        let mut any = 0;
         for b in &mut self.cells {
             let lo = *b & 0x0f;
             let hi = *b >> 4;
             *b = (lo.saturating_sub(1)) | (hi.saturating_sub(1) << 4);
+            any |= *b;
         }
+        any != 0
     }
 
-    /// When the next countdown is due; `None` when the filter has never been used since
-    /// the last clear.
+    /// When the next countdown is due; `None` when no address is greylisted (the filter
+    /// was never used since the last clear, or its last entry has expired): an idle filter
+    /// costs no timer and no pass over its cells.
     pub fn next_countdown(&self) -> Option<Time> {
         self.next_countdown
     }
 
-    /// Runs every countdown due at or before `now` (at most 15: after that all cells are 0).
+    /// Runs every countdown due at or before `now`: one pass over the cells per
+    /// countdown, and a single one when more than 15 are due (every cell is 0 after
+    /// them). The next countdown is then after `now` (or at the end of [`Time`]), or none
+    /// once every cell is 0.
     pub fn countdown_until(&mut self, now: Time) {
-        let mut done = 0;
-        while let Some(next) = self.next_countdown {
-            if next > now {
-                return;
+        let Some(next) = self.next_countdown else {
+            return;
+        };
+        if next > now {
+            return;
+        }
+        let period = self.period.as_nanos().max(1);
+        let due = now.saturating_duration_since(next).as_nanos() / period + 1;
+        let mut left = false;
+        if due > u128::from(CELL_MAX) {
+            self.cells.fill(0);
+        } else {
+            for _ in 0..due {
+                left = self.countdown();
+                if !left {
+                    break;
+                }
             }
-            if done <= CELL_MAX {
-                self.countdown();
-                done += 1;
-            } else {
-                // Every cell is 0 already; jump to the first deadline after `now`.
-                let behind = now.saturating_duration_since(next).as_nanos();
-                let steps = behind / self.period.as_nanos().max(1) + 1;
-                let skip = self.period.as_nanos().saturating_mul(steps);
-                let skip = Duration::from_nanos(u64::try_from(skip).unwrap_or(u64::MAX));
-                self.next_countdown = Some(next.saturating_add(skip));
-                self.listed.clear();
-                return;
-            }
-            self.next_countdown = Some(next.saturating_add(self.period));
+        }
+        if left {
+            let skip = duration_from_nanos(period.saturating_mul(due));
+            self.next_countdown = Some(next.saturating_add(skip));
+        } else {
+            // Nothing is greylisted any more: no countdown until the next entry.
+            self.next_countdown = None;
+            self.listed.clear();
         }
     }
 

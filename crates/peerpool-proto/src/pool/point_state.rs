@@ -381,9 +381,7 @@ impl PointInfo {
 
     fn backoff_step(&mut self, now: Time, config: &ReconnectionConfig) {
         let delay = self.reconnection.map_or(config.initial_delay, |r| r.delay);
-        let next = delay
-            .mul_f64(config.factor.max(1.0))
-            .min(config.increase_cap);
+        let next = next_backoff_delay(delay, config);
         self.reconnection = Some(Reconnection {
             delay: next,
             end_time: now.saturating_add(delay),
@@ -403,6 +401,16 @@ impl PointInfo {
         self.last_established_connection = last_established;
         self.last_disconnection = last_disconnection;
     }
+}
+
+/// `min(delay × factor, increase_cap)`, saturating: a product past what a [`Duration`]
+/// holds (a huge factor, or no real cap after many failures) is the cap. A factor below 1
+/// (or NaN), which validation refuses, counts as 1.
+fn next_backoff_delay(delay: Duration, config: &ReconnectionConfig) -> Duration {
+    let factor = config.factor.max(1.0);
+    Duration::try_from_secs_f64(delay.as_secs_f64() * factor)
+        .unwrap_or(Duration::MAX)
+        .min(config.increase_cap)
 }
 
 #[cfg(test)]

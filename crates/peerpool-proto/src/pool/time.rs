@@ -120,6 +120,17 @@ impl Time {
     }
 }
 
+/// `nanos` nanoseconds as a [`Duration`], saturating at [`Duration::MAX`] (a `u64` of
+/// nanoseconds holds only 584 years; a `Duration` holds `u64::MAX` seconds).
+pub(crate) fn duration_from_nanos(nanos: u128) -> Duration {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    match u64::try_from(nanos / NANOS_PER_SEC) {
+        // The remainder is below 10^9, so it fits a u32.
+        Ok(secs) => Duration::new(secs, (nanos % NANOS_PER_SEC) as u32),
+        Err(_) => Duration::MAX,
+    }
+}
+
 impl fmt::Display for Time {
     /// [`Time::to_rfc3339`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -47,9 +47,11 @@ impl TokenBucket {
             return;
         };
         self.last = now;
-        let add = i128::from(self.rate) * elapsed.as_nanos() as i128;
+        // Saturating: a huge rate times a long absence fills the bucket, nothing more.
+        let elapsed = i128::try_from(elapsed.as_nanos()).unwrap_or(i128::MAX);
+        let add = i128::from(self.rate).saturating_mul(elapsed);
         let cap = i128::from(self.capacity) * NANOS_PER_SEC;
-        self.tokens = (self.tokens + add).min(cap);
+        self.tokens = self.tokens.saturating_add(add).min(cap);
     }
 
     /// Whole tokens currently held, bytes (negative when in debt). Call
@@ -70,12 +72,12 @@ impl TokenBucket {
 
     /// Removes `n` bytes of tokens (may leave a debt).
     pub fn take(&mut self, n: u64) {
-        self.tokens -= i128::from(n) * NANOS_PER_SEC;
+        self.tokens = self.tokens.saturating_sub(i128::from(n) * NANOS_PER_SEC);
     }
 
     /// The earliest `now` at which [`TokenBucket::can_take`]`(n)` holds (after a refill).
     pub fn ready_at(&self, n: u64) -> Duration {
-        let missing = self.needed(n) - self.tokens;
+        let missing = self.needed(n).saturating_sub(self.tokens);
         if missing <= 0 {
             return self.last;
         }
@@ -84,7 +86,7 @@ impl TokenBucket {
         }
         // missing is in byte-nanoseconds; / rate gives nanoseconds; round up.
         let rate = i128::from(self.rate);
-        let nanos = (missing + rate - 1) / rate;
+        let nanos = missing.saturating_add(rate - 1) / rate;
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
         self.last.saturating_add(Duration::from_nanos(nanos))
     }
@@ -93,7 +95,7 @@ impl TokenBucket {
 /// The capacity of a bucket refilled at `rate` bytes per second with a burst window of
 /// `burst`: `rate × burst` bytes, and at least `floor` bytes.
 pub(super) fn bucket_capacity(rate: u64, burst: Duration, floor: u64) -> u64 {
-    let b = (u128::from(rate) * burst.as_nanos()) / NANOS_PER_SEC as u128;
+    let b = u128::from(rate).saturating_mul(burst.as_nanos()) / NANOS_PER_SEC as u128;
     u64::try_from(b).unwrap_or(u64::MAX).max(floor)
 }
 
