@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub pow_target: PowTarget,
     /// Our connection metadata (`private_node` is set from `pool.private_mode`).
     pub metadata: ConnectionMetadata,
+    /// Dead-peer detection set on every TCP stream of the default transport: keepalive
+    /// (10 s idle, 5 s between probes) and `TCP_USER_TIMEOUT` (45 s), as octez.
+    pub tcp: crate::transport::TcpOptions,
     /// Outgoing: TCP connect plus the whole handshake (default 10 s). > 0.
     pub connection_timeout: Duration,
     /// Incoming: the whole handshake (default 5 s). > 0.
@@ -97,6 +100,7 @@ impl NodeConfig {
             // invariant: 26 is within [0, 256].
             pow_target: PowTarget::new(26.0).unwrap_or_else(|_| unreachable!()),
             metadata: ConnectionMetadata::default(),
+            tcp: crate::transport::TcpOptions::default(),
             connection_timeout: Duration::from_secs(10),
             authentication_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(3),
@@ -115,12 +119,14 @@ impl NodeConfig {
 
     /// octez's `--connections N`: `min_connections` N/2 (N when N is 1), expected N,
     /// `max_connections` 3N/2, and the known points and peers tables (8N, 6N)
-    /// (BEHAVIOUR.md §3.1).
+    /// (BEHAVIOUR.md §3.1). Saturates: a huge N gives the largest counts, never an
+    /// overflow.
     pub fn set_connections(&mut self, n: usize) {
         self.pool.min_connections = if n == 1 { 1 } else { n / 2 };
-        self.pool.max_connections = n * 3 / 2;
+        // 3N/2, rounded down as octez does.
+        self.pool.max_connections = n.saturating_add(n / 2);
         self.policy.maintenance.expected_connections = Some(n);
-        let table = (8 * n).max(1);
+        let table = n.saturating_mul(8).max(1);
         let target = (table / 4 * 3).max(1);
         self.pool.max_known_points = (table, target);
         self.pool.max_known_peer_ids = (table, target);
@@ -219,6 +225,30 @@ impl TryFrom<NodeConfig> for ValidConfig {
             c.authentication_timeout,
             "> 0",
         )?;
+        // Linux takes keepalive times in whole seconds, 1..=32767.
+        let keepalive_secs = Duration::from_secs(1)..=Duration::from_secs(32_767);
+        if let Some(idle) = c.tcp.keepalive_idle {
+            check(
+                keepalive_secs.contains(&idle),
+                "tcp.keepalive_idle",
+                idle,
+                "1 s..=32767 s, or None",
+            )?;
+        }
+        check(
+            keepalive_secs.contains(&c.tcp.keepalive_interval),
+            "tcp.keepalive_interval",
+            c.tcp.keepalive_interval,
+            "1 s..=32767 s",
+        )?;
+        if let Some(t) = c.tcp.user_timeout {
+            check(
+                t >= Duration::from_millis(1) && t.as_millis() <= u128::from(u32::MAX),
+                "tcp.user_timeout",
+                t,
+                "1 ms..=49 days, or None",
+            )?;
+        }
         check(
             (MIN_CHUNK_PAYLOAD..=MAX_CHUNK_PAYLOAD).contains(&c.chunk_payload_bytes),
             "chunk_payload_bytes",
@@ -327,6 +357,20 @@ mod tests {
         c.set_connections(1);
         assert_eq!((c.pool.min_connections, c.pool.max_connections), (1, 1));
         assert!(c.validate().is_ok());
+    }
+
+    /// Found by fuzzing: `--connections N` with N near `usize::MAX` overflowed `3N/2`
+    /// and `8N`.
+    #[test]
+    fn a_huge_connections_flag_saturates() {
+        let mut c = config();
+        c.set_connections(usize::MAX);
+        assert_eq!(c.pool.max_connections, usize::MAX);
+        assert_eq!(c.pool.max_known_points.0, usize::MAX);
+        assert!(c.validate().is_ok());
+        let mut c = config();
+        c.set_connections(7);
+        assert_eq!((c.pool.min_connections, c.pool.max_connections), (3, 10));
     }
 
     #[test]

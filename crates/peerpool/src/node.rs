@@ -99,8 +99,8 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
     /// A builder over TCP, the system clock, and the peers file of `config` (if any).
     pub fn builder(config: ValidConfig) -> NodeBuilder<TcpTransport, M, P> {
         NodeBuilder {
+            transport: TcpTransport::new(config.get().tcp),
             config,
-            transport: TcpTransport,
             store: None,
             clock: Arc::new(SystemClock),
             _types: std::marker::PhantomData,
@@ -362,6 +362,32 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
         self.ask(|policy, _| {
             let g = policy.pool().acl().ip_greylist();
             (g.listed().copied().collect(), g.list_unreliable_since())
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The node's broken invariants (empty when all hold), checked at one instant inside
+    /// the owner: the policy's ([`ConnectionPolicy::audit`]: connections within
+    /// `max_connections`, no point or peer Running without a connection, no stuck
+    /// attempt, no dial to a greylisted address) and the runtime's (the connections
+    /// callers can send on are the policy's). For soak runs and health checks.
+    pub async fn audit(&self) -> Vec<String> {
+        let shared = self.shared.clone();
+        self.ask(move |policy, _| {
+            let mut found: Vec<String> = policy.audit().iter().map(|v| v.to_string()).collect();
+            let registered = shared
+                .registry
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            if registered != policy.connection_count() {
+                found.push(format!(
+                    "{registered} connections registered to send on, the policy holds {}",
+                    policy.connection_count()
+                ));
+            }
+            found
         })
         .await
         .unwrap_or_default()

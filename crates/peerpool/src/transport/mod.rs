@@ -13,7 +13,7 @@ mod memory;
 mod tcp;
 
 pub use memory::{MemoryListener, MemoryNetwork, MemoryStream};
-pub use tcp::{TcpTransport, TcpTransportListener};
+pub use tcp::{TcpOptions, TcpTransport, TcpTransportListener};
 
 use std::fmt;
 use std::future::Future;
