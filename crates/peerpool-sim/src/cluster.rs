@@ -211,6 +211,49 @@ impl Cluster {
         Ok(())
     }
 
+    /// Crashes node `i`: its address leaves the network (its peers see their connections
+    /// break, with no Disconnect), the node stops, and what it did not save is lost: on
+    /// [`Cluster::recover`] it finds the peers file it last saved before the crash.
+    pub async fn crash(&mut self, i: usize) {
+        let saved = self.members[i].store.contents();
+        self.net.unplug(self.members[i].addr.ip());
+        self.members[i].node.shutdown().await;
+        self.members[i].store = saved.map(MemoryStore::with_contents).unwrap_or_default();
+    }
+
+    /// Restarts node `i` after [`Cluster::crash`], on what it had saved, with its default
+    /// configuration changed by `adjust`.
+    ///
+    /// Errors: as [`Cluster::spawn`].
+    pub async fn recover(
+        &mut self,
+        i: usize,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        self.net.plug(self.members[i].addr.ip());
+        let mut config = self.config(i);
+        adjust(&mut config);
+        let store = self.members[i].store.clone();
+        let node = self.start(config, store).await?;
+        node.activate().await;
+        self.members[i].node = node;
+        Ok(())
+    }
+
+    /// Splits nodes `a` from nodes `b` until [`Cluster::heal`]: their connections break
+    /// and new ones across the split get no answer.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        let ips = |side: &[usize]| -> Vec<std::net::IpAddr> {
+            side.iter().map(|i| self.members[*i].addr.ip()).collect()
+        };
+        self.net.partition(&ips(a), &ips(b));
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        self.net.heal();
+    }
+
     /// Shuts every node down.
     pub async fn shutdown(&self) {
         for m in &self.members {

@@ -12,6 +12,8 @@
 //! - [`cluster`]: [`Cluster`], real nodes on the in-memory network in one paused runtime:
 //!   protocol scenarios (maintenance, swap, Nack referrals …) driven step by step, and
 //!   networks of hundreds of nodes in seconds.
+//! - [`soak`]: [`Soak`], a long run with churn, partitions and healing on a cluster, every
+//!   node audited against its invariants all along ([`run_soak`]).
 //!
 //! The same seed gives the same trace, byte for byte: identities, wiring, every node's
 //! RNG, the network's randomness and the churn schedule all come from it, the nodes read
@@ -27,8 +29,10 @@
 
 pub mod cluster;
 pub mod scenario;
+pub mod soak;
 pub mod transport;
 
 pub use cluster::{Cluster, Member};
 pub use scenario::{address, node_of, run, Churn, Partition, Report, Sample, Scenario, Topology};
+pub use soak::{run_soak, Soak, SoakReport};
 pub use transport::SimTransport;
