@@ -78,7 +78,7 @@ pub enum AdminCommand {
 
 /// What went wrong talking to the node.
 #[derive(Debug, thiserror::Error)]
-enum AdminError {
+pub(crate) enum AdminError {
     #[error("cannot reach {0}: {1}")]
     Unreachable(String, String),
     #[error("{status} {kind}: {message}")]
@@ -89,6 +89,13 @@ enum AdminError {
     },
     #[error("unexpected answer: {0}")]
     Answer(String),
+}
+
+/// `GET path` on the RPC at `endpoint` (`http://host:port`), as JSON.
+///
+/// Errors: [`AdminError`] (unreachable, an RPC error, an answer that is not JSON).
+pub(crate) fn get(endpoint: &str, path: &str) -> Result<Value, AdminError> {
+    call(endpoint, "GET", path, None)
 }
 
 fn call(

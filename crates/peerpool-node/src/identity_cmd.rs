@@ -78,13 +78,13 @@ pub fn load(path: &Path, expected: Option<&PowTarget>) -> Result<Identity, Ident
     })
 }
 
-/// Writes `text` to `path` atomically (the project's one atomic write,
-/// [`peerpool::persist::write_atomically`]), creating the directory first.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    peerpool::persist::write_atomically(path, text.as_bytes())
+/// Writes `identity` to `path` atomically, creating the directory first
+/// ([`peerpool::persist::save_identity`], the project's one atomic write).
+fn save(path: &Path, identity: &Identity) -> Result<(), IdentityFileError> {
+    peerpool::persist::save_identity(path, identity).map_err(|source| IdentityFileError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Searches a stamp for a fresh key on every core, showing attempts per second and the
@@ -156,6 +156,10 @@ pub fn generate(target: &PowTarget, progress: bool) -> Identity {
 /// Loads `<data_dir>/identity.json`, or creates it (with progress) when it does not exist.
 pub fn load_or_create(data_dir: &Path, target: &PowTarget) -> Result<Identity, IdentityFileError> {
     let path = identity_path(data_dir);
+    // Left by a generation killed before its rename; nothing saves identity.json now.
+    if let Err(e) = peerpool::persist::remove_stale_temp_files(&path) {
+        tracing::debug!(error = %e, "stale temporary files not removed");
+    }
     if path.exists() {
         return load(&path, Some(target));
     }
@@ -165,10 +169,7 @@ pub fn load_or_create(data_dir: &Path, target: &PowTarget) -> Result<Identity, I
         target.difficulty()
     );
     let identity = generate(target, true);
-    write_atomically(&path, &identity.to_json()).map_err(|source| IdentityFileError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    save(&path, &identity)?;
     eprintln!(
         "stored new identity {} in {}",
         identity.peer_id,
@@ -185,10 +186,7 @@ fn generate_cmd(expected_pow: f64, data_dir: &Path, force: bool) -> Result<(), I
     }
     let start = Instant::now();
     let identity = generate(&target, true);
-    write_atomically(&path, &identity.to_json()).map_err(|source| IdentityFileError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    save(&path, &identity)?;
     println!(
         "generated {} (proof of work {} bits) in {:.1} s, stored in {}",
         identity.peer_id,

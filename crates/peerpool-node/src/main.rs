@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`identity_cmd`]: `peerpool identity generate|show`, and identity loading for the node.
+//! - [`limits`]: the open-file limit, raised at start, and the connections it allows.
 //! - [`metadata`]: the binary's peer metadata (octez's, as opaque JSON).
 //! - [`node_cmd`]: `peerpool node`, a node on the Tezos P2P network.
 //! - [`probe`]: `peerpool probe ADDR:PORT`, a handshake check for operators.
@@ -12,6 +13,7 @@ mod admin;
 mod config_cmd;
 mod config_file;
 mod identity_cmd;
+mod limits;
 mod metadata;
 mod metrics;
 mod node_cmd;
@@ -19,6 +21,7 @@ mod pictures;
 mod probe;
 mod rpc;
 mod sandbox;
+mod soak_cmd;
 #[cfg(test)]
 mod test_support;
 
@@ -49,6 +52,9 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Query and control a running node through its RPC (`node --rpc-addr`).
     Admin(admin::AdminArgs),
+    /// Run a network of node processes for minutes with churn and traffic, checking every
+    /// node's invariants every second (a soak test).
+    Soak(soak_cmd::SoakArgs),
     /// Write a default configuration file, or show the effective configuration.
     Config {
         #[command(subcommand)]
@@ -75,6 +81,8 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything opens a file or a socket; the node logs the outcome.
+    let nofile = limits::raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,9 +97,10 @@ fn main() -> ExitCode {
         Command::Identity { command } => identity_cmd::run(command),
         Command::Admin(args) => admin::run(args),
         Command::Config { command } => config_cmd::run(command),
+        Command::Soak(args) => soak_cmd::run(args),
         Command::Node(args) => {
             init_tracing("info");
-            runtime.block_on(node_cmd::run(args))
+            runtime.block_on(node_cmd::run(args, nofile))
         }
         Command::Probe(args) => {
             init_tracing("warn");

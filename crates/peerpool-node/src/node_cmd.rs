@@ -1,9 +1,11 @@
 //! `peerpool node`: a node on a Tezos-family P2P network. Flag names follow octez-node.
 
 use crate::identity_cmd;
+use crate::limits::{self, NofileLimit};
 use crate::metadata::OctezPeerMetadata;
 use clap::Args;
-use peerpool::{Node, NodeConfig};
+use peerpool::persist::StoreError;
+use peerpool::{EventError, Node, NodeConfig, NodeEvent};
 use peerpool_proto::identity::{PeerId, PowTarget};
 use peerpool_proto::message::RawMessage;
 use peerpool_proto::point::{parse_point_with_peer_id, Point};
@@ -12,7 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tracing::{error, info};
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
 
 /// `peerpool node` options.
 #[derive(Debug, Args)]
@@ -76,6 +79,10 @@ pub struct NodeArgs {
     /// `127.0.0.1:8732` (off unless set).
     #[arg(long)]
     pub rpc_addr: Option<SocketAddr>,
+    /// Test traffic: broadcast a message of 64 to 1024 random bytes this often, e.g.
+    /// `1s` (for `peerpool soak`; off unless set).
+    #[arg(long, hide = true, value_parser = crate::sandbox::parse_duration)]
+    pub gossip_every: Option<Duration>,
 }
 
 fn parse_discovery_addr(s: &str) -> Result<SocketAddr, String> {
@@ -106,6 +113,63 @@ pub fn spawn_app_drain(node: BinaryNode) -> Arc<AtomicU64> {
         }
     });
     received
+}
+
+/// Broadcasts a message of 64 to 1024 random bytes every `every` until the node stops.
+fn spawn_gossip(node: BinaryNode, every: Duration) {
+    use rand::Rng;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        while !node.is_stopped() {
+            tick.tick().await;
+            let len = rand::rng().random_range(64..=1024);
+            let body: Vec<u8> = (0..len).map(|_| rand::rng().random()).collect();
+            node.broadcast(&RawMessage { tag: 0x7f01, body }, |_| false);
+        }
+    });
+}
+
+/// The least time between two saves of the peers file made for new connections.
+pub const SAVE_ON_CONNECT_GAP: Duration = Duration::from_secs(1);
+
+/// Saves the peers file soon after each new connection, at most once per `gap` (the
+/// connections established during a gap are saved together after it), so that a node
+/// killed without a shutdown (SIGKILL, a crash, a power loss) finds the peers it was
+/// connected to when it restarts; the periodic save (`peers-file.save-interval`) keeps the
+/// rest of what it learns. Ends when the node stops.
+pub fn spawn_save_on_connect(node: BinaryNode, gap: Duration) {
+    let mut events = node.events();
+    tokio::spawn(async move {
+        let mut pending = false;
+        loop {
+            if !pending {
+                // A lag may have hidden a new connection: save then too.
+                match events.recv().await {
+                    Ok(NodeEvent::ConnectionEstablished { .. }) | Err(EventError::Lagged(_)) => {}
+                    Ok(_) => continue,
+                    Err(_) => return,
+                }
+            }
+            match node.save_peers().await {
+                Ok(()) => debug!("peers file saved after a new connection"),
+                Err(StoreError::Stopped) => return,
+                // The saver is already writing; the next new connection saves again.
+                Err(StoreError::Busy) => {}
+                Err(e) => warn!(error = %e, "peers file not saved after a new connection"),
+            }
+            tokio::time::sleep(gap).await;
+            pending = false;
+            while let Some(event) = events.try_recv() {
+                match event {
+                    Ok(NodeEvent::ConnectionEstablished { .. }) | Err(EventError::Lagged(_)) => {
+                        pending = true
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    });
 }
 
 /// Listens for Ctrl-C and SIGTERM (what service managers and containers send) from the
@@ -148,7 +212,9 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 }
 
 /// Runs the node until Ctrl-C or SIGTERM, then shuts it down (saving the peers file).
-pub async fn run(args: NodeArgs) -> ExitCode {
+/// `nofile` is the open-file limit the binary raised at start
+/// ([`limits::raise_nofile_limit`]): `max_connections` is kept within what it allows.
+pub async fn run(args: NodeArgs, nofile: std::io::Result<NofileLimit>) -> ExitCode {
     let file = match args
         .config
         .as_deref()
@@ -196,6 +262,17 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     }
     config.pow_target = target;
     apply_flags(&args, &mut config);
+    let max_connections = match &nofile {
+        Ok(limit) => {
+            let cap = limits::cap_connections(&mut config, limit.soft);
+            limits::log_start(limit, &cap);
+            cap.effective
+        }
+        Err(e) => {
+            warn!(error = %e, "open-file limit unknown: max_connections as configured");
+            config.pool.max_connections
+        }
+    };
     let discovery = args
         .discovery_addr
         .or(file.as_ref().and_then(|f| f.discovery_addr));
@@ -221,6 +298,11 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let stop = stop_signal();
     info!(peer_id = %identity.peer_id, listen = ?node.local_addr(), chain = %args.chain_name, "node started");
     spawn_app_drain(node.clone());
+    spawn_save_on_connect(node.clone(), SAVE_ON_CONNECT_GAP);
+    if let Some(every) = args.gossip_every {
+        spawn_gossip(node.clone(), every);
+    }
+    limits::spawn_refusal_log(&node, max_connections, Duration::from_secs(60));
     if let Some(addr) = args.rpc_addr {
         match crate::rpc::serve(addr, node.clone(), local_metadata).await {
             Ok(bound) => info!(addr = %bound, "RPC at http://{bound}/network"),

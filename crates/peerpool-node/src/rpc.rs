@@ -394,6 +394,21 @@ async fn greylist_ips(State(r): S) -> Json<Value> {
     }))
 }
 
+/// `GET /network/audit`: the node's broken invariants, `[]` when all hold (peerpool's:
+/// connections within the maximum, no point or peer Running without a connection, no
+/// stuck attempt, no dial to a greylisted address; see `Node::audit`). The soak runs poll
+/// it every second.
+#[utoipa::path(
+    get,
+    path = "/network/audit",
+    operation_id = "audit",
+    tag = "network",
+    responses((status = 200, description = "Broken invariants, one sentence each; [] when all hold"))
+)]
+async fn audit(State(r): S) -> Json<Value> {
+    Json(json!(r.node.audit().await))
+}
+
 async fn not_found() -> RpcError {
     RpcError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
@@ -414,6 +429,7 @@ pub fn router(node: BinaryNode, local: ConnectionMetadata) -> Router {
         .routes(routes!(greylist_ips))
         .routes(routes!(log))
         .routes(routes!(full_stat))
+        .routes(routes!(audit))
         .merge(connmgr::routes())
         .merge(points::routes())
         .merge(peers::routes())

@@ -6,10 +6,13 @@
 //! [`load_records`] never leaves the node stuck on a bad file: an unreadable or corrupt
 //! content is set aside (a file is renamed to `peers.json.corrupt-<unix seconds>`) and
 //! reported, and the node starts empty. [`write_atomically`] is the one atomic write of
-//! the project (identity.json uses it too): a temporary file in the same directory,
-//! fsync, rename over the target, fsync of the directory; a crash at any moment leaves
-//! either the old or the new complete file.
+//! the project (identity.json uses it too, through [`save_identity`]): a temporary file in
+//! the same directory, fsync, rename over the target, fsync of the directory; a crash at
+//! any moment leaves either the old or the new complete file, and at worst a temporary
+//! file (`.<name>.<random>.tmp`) that [`remove_stale_temp_files`] removes at the next
+//! start.
 
+use peerpool_proto::identity::Identity;
 use peerpool_proto::pool::peers_file::{parse_peers_file, serialize_peers_file};
 use peerpool_proto::pool::{PeerRecord, PeersFileError};
 use serde::de::DeserializeOwned;
@@ -123,12 +126,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl PeerStore for FileStore {
+    /// Reads the file, after removing the temporary files that saves interrupted by a
+    /// crash left beside it.
     fn load(&self) -> StoreFuture<'_, Option<Vec<u8>>> {
         let store = self.clone();
-        Box::pin(blocking(move || match fs::read(&store.path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(store.io_error(e)),
+        Box::pin(blocking(move || {
+            if let Err(e) = remove_stale_temp_files(&store.path) {
+                tracing::debug!(error = %e, "stale temporary files not removed");
+            }
+            match fs::read(&store.path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(store.io_error(e)),
+            }
         }))
     }
 
@@ -154,20 +164,69 @@ impl PeerStore for FileStore {
     }
 }
 
-/// Writes `contents` to `path` atomically: a temporary file in the same directory,
-/// fsync, rename over `path`, fsync of the directory.
+/// Writes `contents` to `path` atomically: a temporary file in the same directory
+/// (`.<name>.<random>.tmp`), fsync, rename over `path`, fsync of the directory.
 ///
 /// Errors: any I/O error; `path` is then unchanged.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let dir = parent_dir(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(path))
+        .suffix(TEMP_SUFFIX)
+        .tempfile_in(dir)?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// Writes `identity` to `path` in octez's `identity.json` format, atomically
+/// ([`write_atomically`]), creating the directory first.
+///
+/// Errors: any I/O error; `path` is then unchanged.
+pub fn save_identity(path: &Path, identity: &Identity) -> io::Result<()> {
+    fs::create_dir_all(parent_dir(path))?;
+    write_atomically(path, identity.to_json().as_bytes())
+}
+
+/// Removes the temporary files that [`write_atomically`] calls on `path` left behind when
+/// the process was killed before their rename. Call it at start, before anything saves
+/// `path`: a save in flight would lose its temporary file. Returns how many were removed.
+///
+/// Errors: the directory cannot be listed, or a file cannot be removed.
+pub fn remove_stale_temp_files(path: &Path) -> io::Result<usize> {
+    let prefix = temp_prefix(path);
+    let mut removed = 0;
+    let entries = match fs::read_dir(parent_dir(path)) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+const TEMP_SUFFIX: &str = ".tmp";
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// `.<file name>.`: the temporary files of `path` start with it.
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}.")
 }
 
 #[cfg(unix)]
@@ -360,6 +419,22 @@ mod tests {
         assert_eq!(load_records::<u64>(&store).await.unwrap(), recs[..1]);
         // Only the file itself is left: no temporary file.
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        // Temporary files left by a crash are removed at the next load, and only those.
+        for name in [
+            ".peers.json.x1Y2z3.tmp",
+            ".peers.json.a.tmp",
+            ".other.json.b.tmp",
+        ] {
+            fs::write(d.join(name), "partial").unwrap();
+        }
+        assert_eq!(load_records::<u64>(&store).await.unwrap(), recs[..1]);
+        let mut left: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.json.b.tmp", "peers.json"]);
+        fs::remove_file(d.join(".other.json.b.tmp")).unwrap();
         fs::write(store.path(), "").unwrap();
         assert!(load_records::<u64>(&store).await.unwrap().is_empty());
         fs::remove_dir_all(d).unwrap();

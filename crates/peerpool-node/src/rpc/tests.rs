@@ -656,7 +656,7 @@ async fn the_openapi_document_lists_every_route_the_rpc_serves() {
         methods("/network/connmgr/peers/{peer_id}/protection/{tag}"),
         ["delete", "put"]
     );
-    assert_eq!(paths.len(), 22, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 23, "{:?}", paths.keys().collect::<Vec<_>>());
     // Every parameterless GET in the document is served (not the fallback's 404).
     for (path, ops) in paths {
         if path.contains('{') || ops.get("get").is_none() || path == "/network/log" {
@@ -665,5 +665,8 @@ async fn the_openapi_document_lists_every_route_the_rpc_serves() {
         let (s, body) = request(rpc, "GET", path).await;
         assert_eq!(s, 200, "{path}: {body}");
     }
+    // A healthy node breaks no invariant.
+    let (s, body) = request(rpc, "GET", "/network/audit").await;
+    assert_eq!((s, body.as_str()), (200, "[]"));
     a.shutdown().await;
 }
