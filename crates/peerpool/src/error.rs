@@ -83,6 +83,20 @@ impl ConnectError {
         ) || matches!(self.nack(), Some((NackMotive::AlreadyConnected, _)))
     }
 
+    /// A short name of the kind of failure, for summaries (`"timeout"`, `"handshake"` …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::Connect(_) => "connect",
+            ConnectError::Scheduler(_) => "scheduler",
+            ConnectError::Timeout(_) => "timeout",
+            ConnectError::Handshake(_) => "handshake",
+            ConnectError::Pool(_) => "refused by the pool",
+            ConnectError::RejectedByUs(_) => "rejected by us",
+            ConnectError::TooManyIncomingHandshakes => "too many incoming handshakes",
+            ConnectError::NodeStopped => "node stopped",
+        }
+    }
+
     /// How the policy sees this failure (BEHAVIOUR.md §1.2, §5).
     pub(crate) fn classify(&self) -> AttemptFailure {
         match self {

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 mod attempts;
+mod summary;
 
 /// Notices of one connection, tagged with its id.
 type NoticeStream = Pin<Box<dyn futures_util::Stream<Item = (ConnectionId, Notice)> + Send>>;
@@ -106,6 +107,8 @@ struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
     /// The policy's next deadline, and the instant `timer` is set to (`None`: no deadline).
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
+    /// Routine refusals and failures, logged as one line per period.
+    summary: summary::RefusalSummary,
 }
 
 impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
@@ -125,6 +128,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Owner<T, M, P> {
             maintain_waiters: Vec::new(),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
+            summary: summary::RefusalSummary::new(Instant::now()),
         };
         r.apply_actions();
         r.serve().await;

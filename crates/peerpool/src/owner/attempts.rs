@@ -78,6 +78,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             }
             Err(reason) => {
                 debug!(%remote_addr, %reason, "incoming connection refused");
+                self.summary.refused(&reason, Instant::now());
                 drop(stream);
                 self.emit(NodeEvent::IncomingRefused {
                     remote_addr,
@@ -163,6 +164,9 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             debug!(remote_addr = %meta.remote_addr, direction = ?meta.direction, %error, "connection attempt ended");
         } else {
             debug!(remote_addr = %meta.remote_addr, direction = ?meta.direction, %error, "connection attempt failed");
+            if !matches!(error, ConnectError::NodeStopped) {
+                self.summary.failed(error.kind(), Instant::now());
+            }
         }
         self.emit(NodeEvent::HandshakeFailed {
             remote_addr: meta.remote_addr,
