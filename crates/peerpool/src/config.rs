@@ -61,7 +61,8 @@ pub struct NodeConfig {
     /// quarter of it bounds the bytes the I/O scheduler reads ahead of the connections
     /// (capped downloads), three quarters the received messages being assembled or
     /// waiting for the application; the two are kept apart so neither can hold up the
-    /// other ([`split_budget`]). Three quarters must hold `queues.max_message_bytes`.
+    /// other ([`split_budget`]); an eighth of the messages' part is kept for small messages
+    /// ([`crate::budget::ByteBudget`]). The rest must hold `queues.max_message_bytes`.
     pub buffer_budget_bytes: usize,
     /// The pool: known points and peers bounds, backoff, ACL sizes, private mode,
     /// `min_connections` (below it the node dials known points, default 10) and
@@ -270,12 +271,15 @@ impl TryFrom<NodeConfig> for ValidConfig {
         ] {
             check(value >= 1, field, value, ">= 1")?;
         }
+        // What a message may take of the messages' budget: all of it but the small lane.
+        let messages = crate::budget::ByteBudget::new(split_budget(c.buffer_budget_bytes).1);
         check(
-            split_budget(c.buffer_budget_bytes).1 >= q.max_message_bytes
+            messages.total() - messages.small_lane() >= q.max_message_bytes
                 && c.buffer_budget_bytes <= crate::budget::MAX_BUDGET,
             "buffer_budget_bytes",
             c.buffer_budget_bytes,
-            "3/4 of it >= queues.max_message_bytes, and <= 4 GiB - 1",
+            "3/4 of it, less its small-message lane (an eighth), >= queues.max_message_bytes, \
+             and <= 4 GiB - 1",
         )?;
         let io = &c.io_scheduler;
         check(

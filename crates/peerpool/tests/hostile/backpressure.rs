@@ -1,0 +1,99 @@
+//! A peer that stops reading while the node's application keeps sending to everyone.
+
+use crate::bench::*;
+use peerpool::{CloseReason, TrySendError};
+use peerpool_proto::identity::PeerId;
+use peerpool_proto::message::RawMessage;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Five sessions never read while the node's application broadcasts 64 KiB to every peer
+/// each 10 ms. Their outgoing queues fill (here 1 MiB of messages, and 1 MiB of sealed
+/// chunks in the I/O scheduler's write queue) and refuse further messages
+/// (octez drops them too); the honest peers keep receiving and exchanging. A peer that
+/// does not read is not a faulty one (BEHAVIOUR.md §5, §6): it is neither closed nor
+/// greylisted, and when it goes away its connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading() {
+    const STALLED: usize = 5;
+    const QUEUE: usize = 1 << 20;
+    const HOLD: Duration = Duration::from_secs(3);
+    let mut b = Bench::start("stops reading", 41, 3, |c| {
+        c.queues.outgoing_app_bytes = QUEUE;
+        c.io_scheduler.write_queue_size = QUEUE;
+    })
+    .await;
+    let stalled = b.sessions(13, 4100, STALLED).await;
+    let ids: Vec<PeerId> = stalled.iter().map(|a| a.peer_id).collect();
+    b.measure_before().await;
+    let w = b.window();
+    let msg = RawMessage {
+        tag: 0x300,
+        body: vec![0x33; 64 << 10],
+    };
+    let honest: HashSet<PeerId> = b.honest_ids().into_iter().collect();
+    let (mut sent, mut refused, mut honest_refused) = (0, 0, 0);
+    let mut full_after = None;
+    let t0 = Instant::now();
+    let mut next = t0;
+    while next < t0 + HOLD {
+        // A broadcast, one connection at a time to count the refusals of each.
+        for c in b.node.handle.connections() {
+            match c.try_send(&msg) {
+                Ok(()) => sent += 1,
+                Err(_) if honest.contains(&c.info().peer_id) => honest_refused += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        if full_after.is_none()
+            && ids
+                .iter()
+                .all(|id| b.node.handle.try_send(id, &msg) == Err(TrySendError::Full))
+        {
+            full_after = Some(t0.elapsed());
+        }
+        next += Duration::from_millis(10);
+        tokio::time::sleep_until(next).await;
+    }
+    let during = b.during(w).await;
+    let full_after = full_after.expect("the queues of the peers that do not read never filled");
+    let peers = b.node.handle.greylisted_peers().await;
+    let ips = b.node.handle.greylisted_ips().await.0;
+    for a in &stalled {
+        assert!(b.node.handle.connection(&a.peer_id).is_some(), "closed");
+        assert!(!peers.contains(&a.peer_id) && !ips.contains(&IpAddr::V4(a.ip)));
+    }
+    eprintln!(
+        "[stops reading] broadcasts of 64 KiB to {} peers for {HOLD:?}: {sent} queued, {refused} refused by the {STALLED} that do not read (all full after {:.2} s), {honest_refused} by the honest ones; none closed or greylisted",
+        STALLED + b.honest.len(),
+        full_after.as_secs_f64()
+    );
+    // The honest peers read all along: their queues have room (a loose bound, for a busy
+    // machine; none was refused in the runs recorded).
+    assert!(
+        honest_refused * 10 <= honest.len() * 300,
+        "{honest_refused} broadcasts refused by honest peers"
+    );
+    b.check_during(during, Duration::from_secs(2));
+    // The queues are bounded: 2 MiB for each peer that does not read (unbounded, they would
+    // take 6.4 MB/s each).
+    b.check_memory(48 << 20);
+    drop(stalled);
+    b.log
+        .wait("the silent readers' connections closed", |t| {
+            ids.iter().all(|id| t.closed_reason(id).is_some())
+        })
+        .await;
+    b.log.with(|t| {
+        for id in &ids {
+            let r = t.closed_reason(id).unwrap();
+            assert!(
+                matches!(r, CloseReason::Eof | CloseReason::Io(_)),
+                "{id}: {r}"
+            );
+        }
+    });
+    b.finish().await;
+}
