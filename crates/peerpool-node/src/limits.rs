@@ -177,6 +177,14 @@ pub fn cap_connections(config: &mut NodeConfig, nofile: u64) -> ConnectionCap {
         {
             clamp(n);
         }
+        // The manager refuses a protection budget above its low watermark: keep an explicit
+        // budget within the watermark the lowered bounds give.
+        if let Some(budget) = policy.conn_manager.protection_budget {
+            let low = policy.conn_manager.low_water.unwrap_or_else(|| {
+                default_low_water(config.pool.min_connections, effective, policy)
+            });
+            policy.conn_manager.protection_budget = Some(budget.min(low));
+        }
     }
     ConnectionCap {
         nofile,
@@ -185,6 +193,25 @@ pub fn cap_connections(config: &mut NodeConfig, nofile: u64) -> ConnectionCap {
         allowed,
         effective,
     }
+}
+
+/// The low watermark the policy derives when none is set: the maintenance's `max_target`
+/// for `min ≤ expected ≤ max`, `expected` defaulting as the policy does (octez's 50 when
+/// within the bounds, else halfway).
+fn default_low_water(
+    min: usize,
+    max: usize,
+    policy: &peerpool_proto::policy::PolicyConfig,
+) -> usize {
+    use peerpool_proto::policy::{Bounds, DEFAULT_EXPECTED_CONNECTIONS};
+    let expected = policy.maintenance.expected_connections.unwrap_or(
+        if (min..=max).contains(&DEFAULT_EXPECTED_CONNECTIONS) {
+            DEFAULT_EXPECTED_CONNECTIONS
+        } else {
+            min + (max - min) / 2
+        },
+    );
+    Bounds::new(min, expected.clamp(min, max), max).map_or(min, |b| b.max_target)
 }
 
 /// Logs the open-file limit and the connections it allows, at start: info, and a warning
@@ -351,6 +378,19 @@ mod tests {
         .await;
         let bounds = node.bounds().await.unwrap();
         assert!(bounds.max_threshold <= 38, "{bounds:?}");
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_explicit_protection_budget_follows_the_lowered_watermark() {
+        let node = crate::test_support::node_with(2, |c| {
+            c.set_connections(100);
+            c.policy.conn_manager.protection_budget = Some(60);
+            assert_eq!(cap_connections(c, 100).effective, 38);
+            assert!(c.policy.conn_manager.protection_budget.unwrap() <= 38);
+        })
+        .await;
+        assert!(node.bounds().await.unwrap().max_threshold <= 38);
         node.shutdown().await;
     }
 
