@@ -196,21 +196,17 @@ pub fn cap_connections(config: &mut NodeConfig, nofile: u64) -> ConnectionCap {
 }
 
 /// The low watermark the policy derives when none is set: the maintenance's `max_target`
-/// for `min ≤ expected ≤ max`, `expected` defaulting as the policy does (octez's 50 when
-/// within the bounds, else halfway).
+/// for `min ≤ expected ≤ max`, `expected` defaulting as the policy does.
 fn default_low_water(
     min: usize,
     max: usize,
     policy: &peerpool_proto::policy::PolicyConfig,
 ) -> usize {
-    use peerpool_proto::policy::{Bounds, DEFAULT_EXPECTED_CONNECTIONS};
-    let expected = policy.maintenance.expected_connections.unwrap_or(
-        if (min..=max).contains(&DEFAULT_EXPECTED_CONNECTIONS) {
-            DEFAULT_EXPECTED_CONNECTIONS
-        } else {
-            min + (max - min) / 2
-        },
-    );
+    use peerpool_proto::policy::{default_expected_connections, Bounds};
+    let expected = policy
+        .maintenance
+        .expected_connections
+        .unwrap_or_else(|| default_expected_connections(min, max));
     Bounds::new(min, expected.clamp(min, max), max).map_or(min, |b| b.max_target)
 }
 

@@ -11,6 +11,16 @@ pub const ADVERTISE_POINTS: usize = 50;
 /// octez's default expected connection count (BEHAVIOUR.md §9).
 pub const DEFAULT_EXPECTED_CONNECTIONS: usize = 50;
 
+/// The expected connection count when none is set, for `min ≤ max`: octez's 50 when within
+/// the bounds, else halfway (without overflowing when both are near `usize::MAX`).
+pub fn default_expected_connections(min: usize, max: usize) -> usize {
+    if (min..=max).contains(&DEFAULT_EXPECTED_CONNECTIONS) {
+        DEFAULT_EXPECTED_CONNECTIONS
+    } else {
+        min + max.saturating_sub(min) / 2
+    }
+}
+
 /// The longest a [`Rate`] may take to refill its whole burst (`period × burst`): 100
 /// years. The rate limiter counts in `u64` nanoseconds (584 years), so a longer window
 /// would overflow it.

@@ -68,8 +68,8 @@ mod tests_swap;
 pub use attempts::weight_of_score;
 pub use audit::Violation;
 pub use config::{
-    Bounds, MaintenanceConfig, PolicyConfig, PolicyConfigError, Rate, Triggers, ADVERTISE_POINTS,
-    DEFAULT_EXPECTED_CONNECTIONS, MAX_RATE_WINDOW,
+    default_expected_connections, Bounds, MaintenanceConfig, PolicyConfig, PolicyConfigError, Rate,
+    Triggers, ADVERTISE_POINTS, DEFAULT_EXPECTED_CONNECTIONS, MAX_RATE_WINDOW,
 };
 pub use plugins::{
     AdmissionHook, Candidate, DialPlanner, DiverseCandidates, OctezCandidates, PlanContext,
@@ -194,14 +194,10 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     ) -> Result<Self, PolicyConfigError> {
         config.validate()?;
         let (min, max) = (pool.config().min_connections, pool.config().max_connections);
-        let expected = config.maintenance.expected_connections.unwrap_or(
-            if (min..=max).contains(&DEFAULT_EXPECTED_CONNECTIONS) {
-                DEFAULT_EXPECTED_CONNECTIONS
-            } else {
-                // Halfway, without overflowing when both are near `usize::MAX`.
-                min + (max - min) / 2
-            },
-        );
+        let expected = config
+            .maintenance
+            .expected_connections
+            .unwrap_or_else(|| default_expected_connections(min, max));
         let bounds = Bounds::new(min, expected, max)?;
         let limits = config.conn_manager.limits(&bounds, max).map_err(|_| {
             PolicyConfigError::new(

@@ -47,32 +47,39 @@ fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
 
 impl State {
     fn reachable(&self, a: IpAddr, b: IpAddr) -> bool {
-        !self.unplugged.contains(&a)
-            && !self.unplugged.contains(&b)
-            && !self.cut.contains(&pair(a, b))
+        reachable(&self.cut, &self.unplugged, a, b)
     }
 
     /// Breaks every live stream whose path is no longer reachable, and forgets dead ones.
     fn sever_unreachable(&mut self) {
+        let State {
+            cut,
+            unplugged,
+            links,
+            ..
+        } = self;
         let mut broken = Vec::new();
-        self.links.retain(|weak| match weak.upgrade() {
-            Some(link) => {
-                if !self.cut.contains(&pair(link.ends.0, link.ends.1))
-                    && !self.unplugged.contains(&link.ends.0)
-                    && !self.unplugged.contains(&link.ends.1)
-                {
-                    true
-                } else {
-                    broken.push(link);
-                    false
-                }
+        links.retain(|weak| match weak.upgrade() {
+            Some(link) if !reachable(cut, unplugged, link.ends.0, link.ends.1) => {
+                broken.push(link);
+                false
             }
+            Some(_) => true,
             None => false,
         });
         for link in broken {
             link.sever();
         }
     }
+}
+
+fn reachable(
+    cut: &BTreeSet<(IpAddr, IpAddr)>,
+    unplugged: &BTreeSet<IpAddr>,
+    a: IpAddr,
+    b: IpAddr,
+) -> bool {
+    !unplugged.contains(&a) && !unplugged.contains(&b) && !cut.contains(&pair(a, b))
 }
 
 /// What both ends of a stream share: whether its path was cut, and who waits on it.
