@@ -271,15 +271,9 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             .count()
     }
 
-    /// Incoming connections running or admitted (the closing ones excepted).
+    /// Incoming connections running or admitted (the closing ones excepted). O(admitted
+    /// attempts): the running ones are counted as they open and close.
     fn incoming_count(&self) -> usize {
-        let running = self
-            .connections
-            .values()
-            .filter(|c| {
-                c.view.direction == Direction::Incoming && !self.closing.contains(&c.view.id)
-            })
-            .count();
         let admitted = self
             .pending
             .values()
@@ -289,7 +283,18 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
                     .is_some_and(|a| a.direction == Direction::Incoming)
             })
             .count();
-        running + admitted
+        self.incoming_open + admitted
+    }
+
+    /// Incoming connections established and not closing, counted over the table (what
+    /// `incoming_open` must equal).
+    pub(super) fn incoming_open_recounted(&self) -> usize {
+        self.connections
+            .values()
+            .filter(|c| {
+                c.view.direction == Direction::Incoming && !self.closing.contains(&c.view.id)
+            })
+            .count()
     }
 
     /// The checks for a peer that announced no listening port (there is no point to check).

@@ -270,6 +270,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             attempt.direction,
             trusted,
         );
+        self.incoming_open += usize::from(view.direction == Direction::Incoming);
         self.connections.insert(id, Connection { view, limits });
         self.by_peer.insert(peer_id, id);
         if let Some(score) = self.pool.score(&peer_id) {
@@ -387,12 +388,16 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
     /// Connection `id` has closed (both its tasks have ended or are ending).
     pub fn handle_closed(&mut self, now: Time, id: ConnectionId, by: ClosedBy) {
         self.clock.set(now);
-        let requested = self.closing.remove(&id) || by == ClosedBy::Us;
+        let was_closing = self.closing.remove(&id);
+        let requested = was_closing || by == ClosedBy::Us;
         self.manager.connection_closed(now, id);
         let Some(conn) = self.connections.remove(&id) else {
             self.finish(now);
             return;
         };
+        if conn.view.direction == Direction::Incoming && !was_closing {
+            self.incoming_open -= 1;
+        }
         self.swap_connection_closed(id);
         let peer_id = conn.view.peer_id;
         if self.by_peer.get(&peer_id) == Some(&id) {

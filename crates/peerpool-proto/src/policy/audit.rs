@@ -33,6 +33,13 @@ pub enum Violation {
         /// Attempts in the table.
         attempts: usize,
     },
+    /// The count of open incoming connections differs from the table's.
+    IncomingCounter {
+        /// The running count.
+        counted: usize,
+        /// Recounted over the connections.
+        connections: usize,
+    },
     /// A point Requested or Accepted that no attempt owns (it would stay stuck).
     PointWithoutAttempt(Point),
     /// A point Running with no connection to its peer.
@@ -66,6 +73,13 @@ impl fmt::Display for Violation {
             Violation::AttemptCounters { counted, attempts } => {
                 write!(f, "{counted} attempts counted, {attempts} in the table")
             }
+            Violation::IncomingCounter {
+                counted,
+                connections,
+            } => write!(
+                f,
+                "{counted} open incoming connections counted, {connections} in the table"
+            ),
             Violation::PointWithoutAttempt(p) => write!(f, "point {p} in progress with no attempt"),
             Violation::PointRunningWithoutConnection(p) => {
                 write!(f, "point {p} Running with no connection")
@@ -108,6 +122,13 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             found.push(Violation::AttemptCounters {
                 counted,
                 attempts: self.attempts.len(),
+            });
+        }
+        let connections = self.incoming_open_recounted();
+        if self.incoming_open != connections {
+            found.push(Violation::IncomingCounter {
+                counted: self.incoming_open,
+                connections,
             });
         }
         let owned = |owner: Option<&super::ConnectionId>| {
@@ -217,6 +238,12 @@ mod tests {
             }
         )));
         p.dialing -= 1;
+        p.incoming_open += 1;
+        assert!(p.audit().contains(&Violation::IncomingCounter {
+            counted: 1,
+            connections: 0
+        }));
+        p.incoming_open -= 1;
         // The attempt that owns the Requested point disappears.
         p.attempts.clear();
         p.dialing = 0;

@@ -142,6 +142,9 @@ pub struct ConnectionPolicy<M> {
     point_owner: BTreeMap<Point, ConnectionId>,
     incoming_in_flight: usize,
     dialing: usize,
+    /// Incoming connections established and not closing: what `incoming_count` would
+    /// otherwise count over every connection at each admission (checked by `audit`).
+    incoming_open: usize,
     actions: VecDeque<Action<M>>,
     next_save: Option<Time>,
     maintenance: Maintenance,
@@ -232,6 +235,7 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
             pending: BTreeMap::new(),
             point_owner: BTreeMap::new(),
             incoming_in_flight: 0,
+            incoming_open: 0,
             dialing: 0,
             actions: VecDeque::new(),
             next_save,
@@ -481,6 +485,9 @@ impl<M: PeerMeta + Send + 'static> ConnectionPolicy<M> {
 
     fn close(&mut self, id: ConnectionId, reason: DisconnectReason) {
         if self.connections.contains_key(&id) && self.closing.insert(id) {
+            if self.connections[&id].view.direction == Direction::Incoming {
+                self.incoming_open -= 1;
+            }
             // A closing connection no longer counts for the manager.
             self.manager.connection_closed(self.clock.time(), id);
             self.actions.push_back(Action::Close { id, reason });
