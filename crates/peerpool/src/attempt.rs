@@ -17,7 +17,7 @@
 //! `authentication_timeout`). Any failure ends as [`Step::Failed`].
 
 use crate::budget::ByteBudget;
-use crate::connection::{self, Connection, ConnectionInfo, MessageTotals, Notice, Wiring};
+use crate::connection::{self, Connection, ConnectionInfo, Held, MessageTotals, Notice, Wiring};
 use crate::error::ConnectError;
 use crate::inbox::Inbox;
 use crate::io_scheduler::IoScheduler;
@@ -47,6 +47,8 @@ pub(crate) enum Step<M: AppMessage> {
     Established {
         id: ConnectionId,
         connection: Connection<M>,
+        /// The node's hold on it: dropped, the connection counts as forgotten.
+        held: Held<M>,
         notices: mpsc::Receiver<Notice>,
     },
     /// The attempt failed (or we refused the peer).
@@ -205,7 +207,7 @@ fn start<M: AppMessage>(
         metadata: session.remote_metadata,
     };
     let (notices_tx, notices) = mpsc::channel(NOTICES_PER_CONNECTION);
-    let connection = connection::spawn::<M, _>(
+    let (connection, held) = connection::spawn::<M, _>(
         established,
         info,
         Wiring {
@@ -216,11 +218,13 @@ fn start<M: AppMessage>(
             notices: notices_tx,
             tracker: ctx.tracker.clone(),
             io,
+            linger: ctx.close_timeout,
         },
     );
     Step::Established {
         id: a.id,
         connection,
+        held,
         notices,
     }
 }

@@ -18,7 +18,7 @@ use peerpool_proto::pool::{Pool, PoolError};
 use rand::{RngCore, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -133,7 +133,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
                 Err(e) => warn!(error = %e, "peers file not loaded; starting with an empty pool"),
             }
         }
-        let (events, _) = broadcast::channel(c.event_capacity.max(1));
+        let events = crate::event::EventSender::new(c.event_capacity);
         let tracker = TaskTracker::new();
         let saver = store.map(|store| {
             let (tx, rx) = mpsc::channel(4);

@@ -84,8 +84,8 @@ pub struct NodeConfig {
     /// `None` draws one from the operating system.
     pub seed: Option<u64>,
     /// Events buffered for subscribers (default 1024, ≥ 1); a subscriber further behind
-    /// loses the oldest and is told how many. The channel allocates its slots (rounded up
-    /// to a power of two) at start.
+    /// loses the oldest and is told how many. The buffer holds an event only until every
+    /// subscriber has read it, and allocates as events wait, not at start.
     pub event_capacity: usize,
 }
 

@@ -139,6 +139,20 @@ pub enum SendError {
     Closed,
 }
 
+/// Why [`Node::disconnect_and_wait`](crate::Node::disconnect_and_wait) could not confirm
+/// that both sides forgot the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DisconnectError {
+    /// No connection with that peer.
+    #[error("not connected")]
+    NotConnected,
+    /// This node has forgotten the connection, but the peer did not close its end within
+    /// the node's `close_timeout` (the socket is closed anyway).
+    #[error("the peer did not close its end in time")]
+    Unacknowledged,
+}
+
 /// Why a `try_send` failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]

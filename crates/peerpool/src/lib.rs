@@ -120,7 +120,7 @@ pub use builder::NodeBuilder;
 pub use config::{ConfigError, NodeConfig, ValidConfig};
 pub use conn_manager::ConnManagerHandle;
 pub use connection::{CloseReason, Connection, ConnectionInfo, MessageTotals, QueueConfig};
-pub use error::{ConnectError, SendError, StartError, TrySendError};
+pub use error::{ConnectError, DisconnectError, SendError, StartError, TrySendError};
 pub use event::{EventError, Events, NodeEvent};
 pub use inbox::Received;
 pub use node::{Broadcast, Node, NodeStats, PeerMetadata};

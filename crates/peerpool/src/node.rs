@@ -14,7 +14,7 @@ use crate::builder::NodeBuilder;
 use crate::clock::SystemClock;
 use crate::config::ValidConfig;
 use crate::connection::{envelope, Connection, ConnectionInfo};
-use crate::error::{ConnectError, SendError, StartError, TrySendError};
+use crate::error::{ConnectError, DisconnectError, SendError, StartError, TrySendError};
 use crate::event::Events;
 use crate::inbox::Received;
 use crate::io_scheduler::{self, Stat};
@@ -188,6 +188,26 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
     /// Closes the connection with `peer_id` (a Disconnect is sent), if there is one.
     pub async fn disconnect(&self, peer_id: PeerId) {
         self.tell(Command::Disconnect { peer_id }).await;
+    }
+
+    /// Closes the connection with `peer_id` (a Disconnect is sent) and returns once both
+    /// sides have forgotten it (octez `disconnect ~wait:true`): this node has removed it
+    /// from the pool and its connections, and the peer has closed its end of the stream,
+    /// which a peerpool peer does only after it has removed the connection too. A new
+    /// connection between the two is then admitted on either side, with no polling.
+    ///
+    /// Errors: [`DisconnectError::NotConnected`]; [`DisconnectError::Unacknowledged`] if
+    /// the peer did not close within `close_timeout` (this node has forgotten it anyway).
+    pub async fn disconnect_and_wait(&self, peer_id: PeerId) -> Result<(), DisconnectError> {
+        let connection = self
+            .connection(&peer_id)
+            .ok_or(DisconnectError::NotConnected)?;
+        self.tell(Command::Disconnect { peer_id }).await;
+        if connection.closed_on_both_sides().await {
+            Ok(())
+        } else {
+            Err(DisconnectError::Unacknowledged)
+        }
     }
 
     /// Closes every connection (octez `tear_down_connections`); the node keeps running.

@@ -7,7 +7,7 @@
 use crate::attempt::{self, AttemptContext, Decide, Step};
 use crate::clock::NodeClock;
 use crate::config::ValidConfig;
-use crate::connection::{CloseReason, Connection, Notice};
+use crate::connection::{CloseReason, Connection, Held, Notice};
 use crate::error::ConnectError;
 use crate::event::NodeEvent;
 use crate::io_scheduler::IoScheduler;
@@ -99,7 +99,8 @@ struct Running<T: Transport, M: AppMessage, P: PeerMetadata> {
     steps: FuturesUnordered<AttemptFuture<M>>,
     meta: BTreeMap<ConnectionId, AttemptMeta>,
     notices: SelectAll<NoticeStream>,
-    conns: BTreeMap<ConnectionId, Connection<M>>,
+    /// The node's connections, with its hold on each (dropped when it forgets one).
+    conns: BTreeMap<ConnectionId, (Connection<M>, Held<M>)>,
     accepted_tx: mpsc::Sender<(T::Stream, SocketAddr)>,
     accepted_rx: mpsc::Receiver<(T::Stream, SocketAddr)>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
@@ -312,19 +313,19 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             match action {
                 Action::Dial { id, point } => self.dial(id, point.socket_addr()),
                 Action::Close { id, reason } => {
-                    if let Some(c) = self.conns.get(&id) {
+                    if let Some((c, _)) = self.conns.get(&id) {
                         c.close_with(reason);
                     }
                 }
                 Action::Send { id, message } => {
-                    if let Some(c) = self.conns.get(&id) {
+                    if let Some((c, _)) = self.conns.get(&id) {
                         if !c.send_control(message) {
                             debug!(%id, "control message dropped: queue full");
                         }
                     }
                 }
                 Action::SetWeight { id, weight } => {
-                    if let Some(c) = self.conns.get(&id) {
+                    if let Some((c, _)) = self.conns.get(&id) {
                         let _ = c.scheduler().set_weight(weight);
                     }
                 }
@@ -362,9 +363,11 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
     fn notice(&mut self, id: ConnectionId, notice: Notice) {
         let now = self.now();
         match notice {
-            Notice::Control(message) => self.o.policy.handle_control(now, id, message),
+            Notice::Control(message) => self.o.policy.handle_control(now, id, *message),
             Notice::Closed(reason) => {
-                let Some(conn) = self.conns.remove(&id) else {
+                // The hold is dropped at the end of this turn, once the pool and the
+                // registry have forgotten the connection.
+                let Some((conn, _held)) = self.conns.remove(&id) else {
                     return;
                 };
                 let peer_id = conn.info().peer_id;

@@ -358,7 +358,7 @@ pub(crate) struct SaveJob<P> {
 pub(crate) async fn run_saver<P: Serialize + Send + 'static>(
     store: Arc<dyn PeerStore>,
     mut jobs: tokio::sync::mpsc::Receiver<SaveJob<P>>,
-    events: tokio::sync::broadcast::Sender<crate::event::NodeEvent>,
+    events: crate::event::EventSender,
 ) {
     while let Some(job) = jobs.recv().await {
         let result = save_records(store.as_ref(), &job.records).await;

@@ -4,7 +4,7 @@
 use crate::budget::ByteBudget;
 use crate::connection::Connection;
 use crate::error::ConnectError;
-use crate::event::NodeEvent;
+use crate::event::EventSender;
 use crate::inbox::Inbox;
 use crate::io_scheduler::IoScheduler;
 use crate::persist::StoreError;
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -78,7 +78,7 @@ pub(crate) enum Command<P> {
 pub(crate) struct NodeShared<M> {
     pub(crate) registry: RwLock<BTreeMap<PeerId, Connection<M>>>,
     pub(crate) inbox: Arc<Inbox<M>>,
-    pub(crate) events: broadcast::Sender<NodeEvent>,
+    pub(crate) events: EventSender,
     pub(crate) budget: ByteBudget,
     pub(crate) tracker: TaskTracker,
     pub(crate) scheduler: Arc<IoScheduler>,

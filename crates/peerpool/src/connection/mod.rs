@@ -14,16 +14,20 @@
 //!
 //! [`Connection::send`] waits for room; [`Connection::try_send`] refuses at once.
 
+mod closing;
+mod outbox;
 mod reader;
 mod writer;
 
-use crate::budget::{ByteBudget, Reservation};
+use crate::budget::ByteBudget;
 use crate::error::{SendError, TrySendError};
 use crate::inbox::{ConnQueue, Inbox};
 use crate::io_scheduler::ScheduledWriter;
 use crate::socket::Established;
+use closing::Closing;
+use outbox::Outbox;
 use peerpool_proto::connection_message::{ConnectionMetadata, NetworkVersion};
-use peerpool_proto::framing::{FramingError, MessageDecoder};
+use peerpool_proto::framing::FramingError;
 use peerpool_proto::handshake::Direction;
 use peerpool_proto::identity::PeerId;
 use peerpool_proto::message::{AppMessage, P2pMessage};
@@ -34,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
@@ -85,7 +89,9 @@ impl CloseReason {
 #[derive(Debug)]
 pub(crate) enum Notice {
     /// A control message arrived.
-    Control(ControlMessage),
+    /// Boxed: the notice channel's slots are allocated a block at a time, so a small
+    /// variant keeps an idle connection's channel small (about 4 KiB less per end).
+    Control(Box<ControlMessage>),
     /// The connection is closed; both tasks have ended or are ending.
     Closed(CloseReason),
 }
@@ -165,12 +171,39 @@ struct Shared<M> {
     info: ConnectionInfo,
     stats: ConnectionStats,
     totals: Arc<MessageTotals>,
-    control_tx: mpsc::Sender<Arc<Vec<u8>>>,
-    app_tx: mpsc::Sender<(Arc<Vec<u8>>, Reservation)>,
+    /// Messages waiting for the writer, control first.
+    outbox: Outbox,
     outgoing: ByteBudget,
     queue: Arc<ConnQueue<M>>,
-    close_tx: watch::Sender<Option<CloseReason>>,
+    /// Why the connection closed, once it has.
+    closing: Closing,
+    /// How far the close has gone on each side.
+    ends: watch::Sender<Ends>,
     io: ScheduledWriter,
+}
+
+/// How far a connection's close has gone on each side (see
+/// [`Connection::closed_on_both_sides`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Ends {
+    /// The node no longer holds the connection (its [`Held`] was dropped): a new
+    /// connection with the same peer is admitted.
+    forgotten: bool,
+    /// The reader has finished: `Some(true)` once the peer has closed its end of the
+    /// stream, `Some(false)` if it did not within the linger (or there was none to wait
+    /// for: a protocol error, the node shutting down).
+    peer_closed: Option<bool>,
+}
+
+/// The node's hold on a connection: the owner keeps it while the connection counts as
+/// one of the node's. Dropping it lets the writer close the stream, so a peer reading
+/// our end of the stream closed knows this node has forgotten the connection.
+pub(crate) struct Held<M>(Arc<Shared<M>>);
+
+impl<M> Drop for Held<M> {
+    fn drop(&mut self) {
+        self.0.ends.send_modify(|e| e.forgotten = true);
+    }
 }
 
 /// A cloneable handle to one connection.
@@ -228,11 +261,7 @@ impl<M: AppMessage> Connection<M> {
             return Err(SendError::Closed);
         }
         let reservation = self.shared.outgoing.reserve(bytes.len()).await;
-        self.shared
-            .app_tx
-            .send((bytes, reservation))
-            .await
-            .map_err(|_| SendError::Closed)
+        self.shared.outbox.app(bytes, reservation).await
     }
 
     /// Queues an application message without waiting.
@@ -252,13 +281,7 @@ impl<M: AppMessage> Connection<M> {
             .outgoing
             .try_reserve(bytes.len())
             .ok_or(TrySendError::Full)?;
-        self.shared
-            .app_tx
-            .try_send((bytes, reservation))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => TrySendError::Full,
-                mpsc::error::TrySendError::Closed(_) => TrySendError::Closed,
-            })
+        self.shared.outbox.try_app(bytes, reservation)
     }
 
     /// Queues a control message ahead of application messages; `false` if its queue is
@@ -273,10 +296,7 @@ impl<M: AppMessage> Connection<M> {
             ControlMessage::SwapAck(p, id) => P2pMessage::SwapAck(p, id),
             _ => return false,
         };
-        self.shared
-            .control_tx
-            .try_send(Arc::new(msg.to_bytes()))
-            .is_ok()
+        self.shared.outbox.try_control(Arc::new(msg.to_bytes()))
     }
 
     /// The next application message from this peer; `None` once the connection is closed
@@ -292,7 +312,7 @@ impl<M: AppMessage> Connection<M> {
     }
 
     pub(crate) fn close_with(&self, reason: DisconnectReason) {
-        record(&self.shared.close_tx, CloseReason::Local(reason));
+        self.shared.closing.record(CloseReason::Local(reason));
     }
 
     /// The I/O scheduler's handle of this connection: statistics (`stat`), weight
@@ -303,36 +323,40 @@ impl<M: AppMessage> Connection<M> {
 
     /// Whether the connection has closed or is closing.
     pub fn is_closed(&self) -> bool {
-        self.shared.close_tx.borrow().is_some()
+        self.shared.closing.is_closed()
     }
 
     /// Why it closed, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.close_tx.borrow().clone()
+        self.shared.closing.reason()
     }
 
     /// Waits until the connection is closed (either side).
     pub async fn closed(&self) {
-        let mut rx = self.shared.close_tx.subscribe();
-        let _ = rx.wait_for(|r| r.is_some()).await;
+        self.shared.closing.wait().await;
+    }
+
+    /// Waits until the connection is closed on both sides: this node has forgotten it (a
+    /// new connection with the peer is admitted) and the peer has closed its end of the
+    /// stream. A peerpool peer closes its end only once it has forgotten the connection
+    /// too, so after `true` either side may dial the other again at once. `false`: the
+    /// peer did not close within the node's `close_timeout` after our close (or there was
+    /// nothing to wait for: a protocol error, the node shutting down). Does not close the
+    /// connection itself: see [`Connection::close`] and `Node::disconnect_and_wait`.
+    pub async fn closed_on_both_sides(&self) -> bool {
+        let mut rx = self.shared.ends.subscribe();
+        let ends = rx
+            .wait_for(|e| e.forgotten && e.peer_closed.is_some())
+            .await
+            .map(|e| *e);
+        // An error: the connection's state is gone with its tasks, nothing left to wait for.
+        ends.is_ok_and(|e| e.peer_closed == Some(true))
     }
 
     /// Incoming application messages and bytes waiting for the application.
     pub fn queued_incoming(&self) -> (usize, usize) {
         self.shared.queue.len()
     }
-}
-
-/// Records the first reason only.
-fn record(close: &watch::Sender<Option<CloseReason>>, reason: CloseReason) {
-    close.send_if_modified(|r| {
-        if r.is_none() {
-            *r = Some(reason);
-            true
-        } else {
-            false
-        }
-    });
 }
 
 /// What a new connection is wired to.
@@ -344,7 +368,11 @@ pub(crate) struct Wiring<M> {
     pub inbox: Arc<Inbox<M>>,
     pub notices: mpsc::Sender<Notice>,
     pub tracker: TaskTracker,
+    /// The I/O scheduler's writer of the same stream: the writer task queues its sealed
+    /// bytes there directly (the stream itself is only shut down through its write side).
     pub io: ScheduledWriter,
+    /// After we close, how long the reader waits for the peer to close its end.
+    pub linger: std::time::Duration,
 }
 
 /// Messages received and sent by every connection of a node since it started (closed
@@ -358,12 +386,13 @@ pub struct MessageTotals {
 }
 
 /// Starts the reader and writer tasks (tracked) of an established connection and returns
-/// its handle. Its notices go to `wiring.notices`; the last one is [`Notice::Closed`].
+/// its handle and the node's hold on it ([`Held`]: keep it while the node counts the
+/// connection). Its notices go to `wiring.notices`; the last one is [`Notice::Closed`].
 pub(crate) fn spawn<M, S>(
     established: Established<S>,
     info: ConnectionInfo,
     wiring: Wiring<M>,
-) -> Connection<M>
+) -> (Connection<M>, Held<M>)
 where
     M: AppMessage,
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -373,45 +402,49 @@ where
     } = established;
     let q = wiring.queues;
     let (read_half, write_half) = tokio::io::split(stream);
-    let (control_tx, control_rx) = mpsc::channel(q.outgoing_control_messages.max(1));
-    let (app_tx, app_rx) = mpsc::channel(q.outgoing_app_messages.max(1));
     let queue = wiring.inbox.queue(
         info.id,
         info.peer_id,
         q.incoming_app_messages,
         q.incoming_app_bytes,
     );
-    let (close_tx, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         info,
         stats: ConnectionStats::default(),
         totals: wiring.totals,
-        control_tx,
-        app_tx,
+        outbox: Outbox::new(q.outgoing_control_messages, q.outgoing_app_messages),
         outgoing: ByteBudget::new(q.outgoing_app_bytes),
         queue,
-        close_tx,
+        closing: Closing::default(),
+        ends: watch::channel(Ends::default()).0,
         io: wiring.io,
     });
     let max_len = q.max_message_bytes.min(P2pMessage::<M>::max_len());
     wiring.tracker.spawn(writer::run::<M, _>(
         write_half,
         session.sealer,
-        control_rx,
-        app_rx,
         shared.clone(),
     ));
+    // The bytes read past the peer's Ack, usually none: keep no spare capacity.
+    let mut leftover = session.leftover;
+    leftover.shrink_to_fit();
     wiring.tracker.spawn(reader::run::<M, _>(
-        std::io::Cursor::new(session.leftover),
-        read_half,
+        // The bytes read past the Ack first, then the stream.
+        std::io::Cursor::new(leftover).chain(read_half),
         session.opener,
-        MessageDecoder::new(max_len),
+        max_len,
         reader::Sinks {
             inbox: wiring.inbox,
             budget: wiring.budget,
             notices: wiring.notices,
         },
+        wiring.linger,
         shared.clone(),
     ));
-    Connection { shared }
+    (
+        Connection {
+            shared: shared.clone(),
+        },
+        Held(shared),
+    )
 }

@@ -2,15 +2,17 @@
 //! owner, with every message's bytes reserved from the node-wide budget before its body
 //! is buffered.
 
-use super::{record, CloseReason, Notice, Shared};
+use super::{CloseReason, Notice, Shared};
 use crate::budget::{ByteBudget, Reservation};
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, Refused};
 use peerpool_proto::framing::{ChunkOpener, MessageDecoder};
 use peerpool_proto::message::{AppMessage, P2pMessage};
 use peerpool_proto::policy::{ControlMessage, DisconnectReason};
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -29,50 +31,134 @@ fn io_reason(e: io::Error) -> CloseReason {
     }
 }
 
+/// Reads `input` (the bytes read past the peer's Ack, then the stream) until the
+/// connection closes, then tells the owner why and waits for the peer's end of the close.
 pub(super) async fn run<M: AppMessage, R: AsyncRead + Unpin>(
-    leftover: std::io::Cursor<Vec<u8>>,
-    read_half: R,
+    mut input: R,
     mut opener: ChunkOpener,
-    mut decoder: MessageDecoder,
+    max_len: usize,
     sinks: Sinks<M>,
+    linger: Duration,
     shared: Arc<Shared<M>>,
 ) {
     // No read buffer of our own: the stream is the I/O scheduler's, which already reads
     // the socket in large pieces; a buffer here would only add a copy.
-    let mut input = leftover.chain(read_half);
-    let mut close_rx = shared.close_tx.subscribe();
     let reason = tokio::select! {
         // Reading first: a message that is complete is delivered before a close is seen.
         biased;
-        r = read_loop(&mut input, &mut opener, &mut decoder, &sinks, &shared) => Some(r),
-        _ = close_rx.wait_for(|r| r.is_some()) => None,
+        r = read_loop(&mut input, &mut opener, max_len, &sinks, &shared) => Some(r),
+        () = shared.closing.wait() => None,
     };
     if let Some(reason) = reason {
-        record(&shared.close_tx, reason);
+        shared.closing.record(reason);
     }
     shared.queue.close();
     let reason = shared
-        .close_tx
-        .borrow()
-        .clone()
+        .closing
+        .reason()
         .unwrap_or(CloseReason::Local(DisconnectReason::Requested));
-    let _ = sinks.notices.send(Notice::Closed(reason)).await;
+    let _ = tell(&sinks.notices, Notice::Closed(reason.clone())).await;
+    // The node has been told; the peer's side of the close is what remains.
+    let peer_closed = match reason {
+        CloseReason::RemoteDisconnect | CloseReason::Eof | CloseReason::Io(_) => true,
+        CloseReason::Protocol(_) | CloseReason::Local(DisconnectReason::Shutdown) => false,
+        // We closed: the peer closes its end once it has read our Disconnect and forgotten
+        // the connection. What it still sends meanwhile is dropped unread.
+        CloseReason::Local(_) => {
+            // Boxed, in a statement of its own (so the task's future holds no room for it):
+            // only a closing connection pays for the drain's buffer and timer.
+            let drained = Box::pin(drain(&mut input, linger));
+            drained.await
+        }
+    };
+    shared
+        .ends
+        .send_modify(|e| e.peer_closed = Some(peer_closed));
 }
 
-/// Reads until an error or Disconnect; returns why it stopped.
+/// Reads and drops everything until the end of the stream (`true`) or `limit` (`false`).
+async fn drain<R: AsyncRead + Unpin>(input: &mut R, limit: Duration) -> bool {
+    let mut sink = [0u8; 512];
+    let until_end = async {
+        // An error ends the stream as surely as its end does.
+        while let Ok(1..) = input.read(&mut sink).await {}
+    };
+    tokio::time::timeout(limit, until_end).await.is_ok()
+}
+
+/// Sends `notice` to the owner, waiting while this connection's channel is full; `Err`
+/// once the owner is gone.
+///
+/// Here and below, what may wait is tried at once first, and only a wait allocates its
+/// state, built in a statement of its own: the reader's future, which every connection
+/// keeps for its whole life, then has no room for states it rarely needs.
+async fn tell(notices: &mpsc::Sender<Notice>, notice: Notice) -> Result<(), ()> {
+    match notices.try_send(notice) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(notice)) => {
+            let send = Box::pin(notices.send(notice));
+            send.await.map_err(|_| ())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+    }
+}
+
+/// Takes `bytes` from `budget`, waiting while it is spent (see [`tell`]).
+async fn reserve(budget: &ByteBudget, bytes: usize) -> Reservation {
+    if let Some(now) = budget.try_reserve(bytes) {
+        return now;
+    }
+    let wait = Box::pin(budget.reserve(bytes));
+    wait.await
+}
+
+/// Reads exactly `buf.len()` bytes from `input`; if they are not there at once (the peer
+/// is quiet), calls `idle` first, once.
+async fn read_exact_or_idle<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut [u8],
+    idle: impl FnOnce(),
+) -> io::Result<()> {
+    let mut idle = Some(idle);
+    let mut read = std::pin::pin!(input.read_exact(buf));
+    std::future::poll_fn(|cx| {
+        let r = read.as_mut().poll(cx);
+        if r.is_pending() {
+            if let Some(idle) = idle.take() {
+                idle();
+            }
+        }
+        r
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Reads until an error or Disconnect; returns why it stopped. Messages longer than
+/// `max_len` bytes are refused at their prefix.
 async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
     input: &mut R,
     opener: &mut ChunkOpener,
-    decoder: &mut MessageDecoder,
+    max_len: usize,
     sinks: &Sinks<M>,
     shared: &Shared<M>,
 ) -> CloseReason {
+    let mut decoder = MessageDecoder::new(max_len);
+    // The chunk being read (at most 65 535 bytes).
     let mut chunk = Vec::new();
     // The reservation of the message being assembled.
     let mut held = Reservation::empty();
     loop {
         let mut header = [0u8; 2];
-        if let Err(e) = input.read_exact(&mut header).await {
+        // While the peer is quiet, hold no buffer: the chunk's, and the decoder's unless
+        // it holds part of a message (a burst of large messages left them large).
+        let idle = || {
+            chunk = Vec::new();
+            if decoder.buffered() == 0 {
+                decoder = MessageDecoder::new(max_len);
+            }
+        };
+        if let Err(e) = read_exact_or_idle(input, &mut header, idle).await {
             return io_reason(e);
         }
         let len = match ChunkOpener::chunk_len(header) {
@@ -105,18 +191,21 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
             shared.totals.received.fetch_add(1, Ordering::Relaxed);
             // The whole message is accounted for, reserved at its prefix or now.
             if held.bytes() < size {
-                held.merge(sinks.budget.reserve(size - held.bytes()).await);
+                held.merge(reserve(&sinks.budget, size - held.bytes()).await);
             }
             let reservation = held.split(size);
             let control = match message {
                 P2pMessage::Message(m) => {
                     // Waits while the application's queue is full: backpressure.
-                    if sinks
-                        .inbox
-                        .push(&shared.queue, m, size, reservation)
-                        .await
-                        .is_err()
-                    {
+                    let pushed = match sinks.inbox.try_push(&shared.queue, m, size, reservation) {
+                        Ok(()) => Ok(()),
+                        Err(Refused::Closed(m)) => Err(m),
+                        Err(Refused::Full(waiting)) => {
+                            let push = Box::pin(sinks.inbox.push_waiting(&shared.queue, waiting));
+                            push.await
+                        }
+                    };
+                    if pushed.is_err() {
                         return CloseReason::Local(DisconnectReason::Requested);
                     }
                     continue;
@@ -128,7 +217,10 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
                 P2pMessage::SwapAck(p, id) => ControlMessage::SwapAck(p, id),
             };
             drop(reservation);
-            if sinks.notices.send(Notice::Control(control)).await.is_err() {
+            if tell(&sinks.notices, Notice::Control(Box::new(control)))
+                .await
+                .is_err()
+            {
                 return CloseReason::Local(DisconnectReason::Shutdown);
             }
         }
@@ -136,7 +228,7 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
         if let Some(n) = decoder.pending_len() {
             let want = n.saturating_add(4);
             if held.bytes() < want {
-                held.merge(sinks.budget.reserve(want - held.bytes()).await);
+                held.merge(reserve(&sinks.budget, want - held.bytes()).await);
             }
         }
     }

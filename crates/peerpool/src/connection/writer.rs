@@ -1,85 +1,107 @@
 //! The writer task of a connection: queued envelopes → sealed chunks → the socket,
 //! control messages first; on close, queued control messages and a Disconnect.
 
-use super::{record, CloseReason, Shared};
-use crate::budget::Reservation;
+use super::outbox::Outbox;
+use super::{CloseReason, Shared};
+use crate::io_scheduler::{IoSchedulerError, ScheduledWriter};
+use bytes::Bytes;
 use peerpool_proto::framing::ChunkSealer;
 use peerpool_proto::message::{AppMessage, P2pMessage};
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// Largest batch of already-queued messages coalesced into one write, bytes.
 const COALESCE: usize = 256 * 1024;
 
+/// Closes the outbox when the writer ends, however it ends (returns, or is dropped with
+/// the runtime): queued messages are dropped and senders told the connection is closed.
+struct CloseOnDrop<'a>(&'a Outbox);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Queues `wire` for the socket, waiting while the scheduler's write queue is full. Tried
+/// at once first; only a wait allocates its state, in a statement of its own, so the
+/// writer's future (kept for the connection's whole life) has no room for it.
+async fn write(io: &ScheduledWriter, wire: Vec<u8>) -> Result<(), IoSchedulerError> {
+    let wire = Bytes::from(wire);
+    if io.write_now(wire.clone()) {
+        return Ok(());
+    }
+    // Full or closed: the wait tells which.
+    let wait = Box::pin(io.write(wire));
+    wait.await
+}
+
+/// `out` is the connection's stream, shut down at the end; the sealed bytes go straight
+/// to the I/O scheduler's write queue (`shared.io`, the same stream's writer), each batch
+/// in a buffer of its own that the scheduler frees once written: the writer keeps no
+/// buffer between batches, and the bytes are not copied again.
 pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
     mut out: W,
     mut sealer: ChunkSealer,
-    mut control: mpsc::Receiver<Arc<Vec<u8>>>,
-    mut app: mpsc::Receiver<(Arc<Vec<u8>>, Reservation)>,
     shared: Arc<Shared<M>>,
 ) {
-    let mut close_rx = shared.close_tx.subscribe();
-    let mut wire = Vec::new();
+    let _close = CloseOnDrop(&shared.outbox);
     loop {
         let next = tokio::select! {
             // Closing first, then control messages before application messages.
             biased;
-            _ = close_rx.wait_for(|r| r.is_some()) => None,
-            m = control.recv() => m,
-            m = app.recv() => m.map(|(bytes, _reservation)| bytes),
+            () = shared.closing.wait() => None,
+            m = shared.outbox.next() => Some(m),
         };
         let Some(first) = next else { break };
-        wire.clear();
+        let mut wire = Vec::new();
         sealer.seal_message(&first, &mut wire);
+        drop(first);
         let mut count = 1;
         // Coalesce what is already queued, control first, into one write. Reservations
         // are released once their bytes are sealed (the scheduler's write queue bounds
         // the rest).
         while wire.len() < COALESCE {
-            let m = match control.try_recv() {
-                Ok(m) => m,
-                Err(_) => match app.try_recv() {
-                    Ok((m, _reservation)) => m,
-                    Err(_) => break,
-                },
+            let Some(m) = shared.outbox.try_next() else {
+                break;
             };
             sealer.seal_message(&m, &mut wire);
             count += 1;
         }
-        if let Err(e) = out.write_all(&wire).await {
-            record(&shared.close_tx, CloseReason::Io(Arc::new(e)));
+        let len = wire.len() as u64;
+        if let Err(e) = write(&shared.io, wire).await {
+            let e = io::Error::new(io::ErrorKind::BrokenPipe, e);
+            shared.closing.record(CloseReason::Io(Arc::new(e)));
             return;
         }
-        shared
-            .stats
-            .bytes_out
-            .fetch_add(wire.len() as u64, Ordering::Relaxed);
+        shared.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
         shared
             .stats
             .messages_out
             .fetch_add(count, Ordering::Relaxed);
         shared.totals.sent.fetch_add(count, Ordering::Relaxed);
-        if wire.capacity() > 4 * COALESCE {
-            // A large message passed: give its buffer back rather than keep it idle.
-            wire = Vec::new();
-        }
     }
     // Closing: flush queued control messages, then say Disconnect unless the peer did.
-    let reason = shared.close_tx.borrow().clone();
-    wire.clear();
-    while let Ok(m) = control.try_recv() {
+    let reason = shared.closing.reason();
+    let mut wire = Vec::new();
+    while let Some(m) = shared.outbox.try_control_next() {
         sealer.seal_message(&m, &mut wire);
     }
     if matches!(reason, Some(CloseReason::Local(_))) {
         sealer.seal_message(&P2pMessage::<M>::Disconnect.to_bytes(), &mut wire);
     }
-    if !wire.is_empty() && out.write_all(&wire).await.is_ok() {
-        shared
-            .stats
-            .bytes_out
-            .fetch_add(wire.len() as u64, Ordering::Relaxed);
+    let len = wire.len() as u64;
+    if !wire.is_empty() && write(&shared.io, wire).await.is_ok() {
+        shared.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
     }
+    // The end of our stream tells the peer this node has forgotten the connection: close
+    // it once the node has, and once the reader is done (after our Disconnect it waits for
+    // the peer to close first, within the linger).
+    let mut ends = shared.ends.subscribe();
+    let _ = ends
+        .wait_for(|e| e.forgotten && e.peer_closed.is_some())
+        .await;
     let _ = out.shutdown().await;
 }

@@ -8,11 +8,11 @@ use super::write::{writer_task, WriteQueue};
 use crate::budget::ByteBudget;
 use peerpool_proto::scheduler::{ConnId, Direction, Stat};
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
@@ -36,7 +36,7 @@ pub(super) struct ConnShared {
     /// Wakes `write` callers when the write queue has room or is closed (many waiters).
     pub(super) write_room: Notify,
     /// Set by the writer task once the closed write queue is drained and the stream shut.
-    pub(super) flushed: watch::Sender<bool>,
+    pub(super) flushed: Flag,
     /// The connection's two tasks (also counted in the scheduler's tracker); closed once
     /// both are spawned, so it is empty and closed once both have ended, which is when the
     /// stream is dropped.
@@ -66,7 +66,7 @@ impl ConnShared {
             write: Mutex::new(WriteQueue::default()),
             write_data: Notify::new(),
             write_room: Notify::new(),
-            flushed: watch::Sender::new(false),
+            flushed: Flag::default(),
             tasks: TaskTracker::new(),
             aborts: Mutex::new(Vec::new()),
             last_stat: Mutex::new(Stat::default()),
@@ -136,11 +136,10 @@ impl ConnShared {
     /// until the connection's tasks have ended (the writer failed, or the connection was
     /// cancelled). Call after [`ConnShared::close_write`].
     pub(super) async fn drained(&self) {
-        let mut flushed = self.flushed.subscribe();
         // `biased` (a fixed order, reproducible runs); either branch means the same thing.
         tokio::select! {
             biased;
-            _ = flushed.wait_for(|f| *f) => {}
+            () = self.flushed.wait() => {}
             () = self.tasks.wait() => {}
         }
     }
@@ -157,6 +156,36 @@ impl ConnShared {
         let _ = tokio::time::timeout(timeout, self.drained()).await;
         self.cancel();
         self.ended().await;
+    }
+}
+
+/// A flag set once, and a wait for it: a one-shot `watch` without the separate allocation
+/// (an idle connection keeps it inline, 40 bytes).
+#[derive(Default)]
+pub(super) struct Flag {
+    set: AtomicBool,
+    wake: Notify,
+}
+
+impl Flag {
+    /// Sets the flag and wakes every waiter.
+    pub(super) fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Returns once the flag is set (at once if it is).
+    pub(super) async fn wait(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `set` in between is not missed.
+            notified.as_mut().enable();
+            if self.set.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

@@ -88,3 +88,34 @@ use std::sync::{Mutex, MutexGuard};
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in tests a panic is the failure report
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let s = IoScheduler::new(IoSchedulerConfig::default()).unwrap();
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let (mut reader, _writer) = s.register(a).unwrap().split();
+        b.write_all(b"hello").await.unwrap();
+        // A small direct read reads ahead into the scratch buffer and queues the rest.
+        let mut two = [0u8; 2];
+        reader.read_exact(&mut two).await.unwrap();
+        assert!(lock(&reader.owner.conn.read).scratch.capacity() > 0);
+        let mut three = [0u8; 3];
+        reader.read_exact(&mut three).await.unwrap();
+        assert_eq!((&two, &three), (b"he", b"llo"));
+        // Nothing more to read: the reader waits, holding no buffer.
+        let mut read = Box::pin(reader.read(&mut two));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(read.as_mut().poll(&mut cx).is_pending());
+        drop(read);
+        let q = lock(&reader.owner.conn.read);
+        assert_eq!((q.scratch.capacity(), q.chunks.capacity()), (0, 0));
+    }
+}

@@ -41,7 +41,9 @@ pub(super) struct ReadQueue {
     pub(super) in_flight: bool,
     /// The reader task's waker: parked (queue full, or direct reads) or waiting on the socket.
     pub(super) task_waker: Option<Waker>,
-    /// Buffer of the consumer's direct reads smaller than `read_buffer_size`.
+    /// Buffer of the consumer's direct reads smaller than `read_buffer_size`: allocated
+    /// (`4 × read_buffer_size` bytes) when such a read is due, released when the socket has
+    /// nothing to read, so an idle connection holds none.
     pub(super) scratch: BytesMut,
 }
 
@@ -291,6 +293,9 @@ impl ConnShared {
         };
         match result {
             Poll::Pending => {
+                // Nothing to read: hold no buffer while idle (what was split off it for the
+                // queue keeps its own part alive until read).
+                q.scratch = BytesMut::new();
                 // Also woken when a cap change hands the socket back to the reader task.
                 set_waker(&mut q.waker, cx);
                 Poll::Pending
@@ -333,7 +338,15 @@ pub(super) async fn reader_task(conn: Arc<ConnShared>, shared: Arc<Shared>) {
     let mut buf = BytesMut::new();
     let mut ahead = Ahead::new();
     loop {
-        let fill = std::future::poll_fn(|cx| conn.poll_fill(cx, &shared, &mut buf, &mut ahead));
+        let fill = std::future::poll_fn(|cx| {
+            let fill = conn.poll_fill(cx, &shared, &mut buf, &mut ahead);
+            if fill.is_pending() {
+                // Waiting (socket, room, budget or a cap change): hold no buffer meanwhile.
+                // Every byte read was split off it, so it holds none.
+                buf = BytesMut::new();
+            }
+            fill
+        });
         let n = match fill.await {
             Fill::Read(n) => n,
             Fill::End(error) => {
@@ -410,6 +423,10 @@ impl AsyncRead for ScheduledReader {
                     q.chunks.pop_front();
                 }
                 q.bytes -= n;
+            }
+            if q.chunks.is_empty() {
+                // Drained: hold no queue storage while idle.
+                q.chunks = VecDeque::new();
             }
             // The reader task may wait for room (with direct reads it stays parked anyway;
             // a cap change wakes it).

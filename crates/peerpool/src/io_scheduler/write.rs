@@ -84,7 +84,7 @@ pub(super) async fn writer_task<W: AsyncWrite + Unpin>(
         let Some(front_len) = next else {
             let _ = wr.flush().await;
             let _ = wr.shutdown().await;
-            conn.flushed.send_replace(true);
+            conn.flushed.set();
             return;
         };
         // Capped: at most `read_buffer_size` (or the connection's own burst) per grant.
@@ -110,6 +110,10 @@ pub(super) async fn writer_task<W: AsyncWrite + Unpin>(
             let chunk = front.split_to(n);
             if front.is_empty() {
                 q.chunks.pop_front();
+                if q.chunks.is_empty() {
+                    // Idle: hold no queue storage.
+                    q.chunks = VecDeque::new();
+                }
             }
             q.bytes -= n;
             (chunk, q.chunks.is_empty())

@@ -101,8 +101,9 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
             Step::Established {
                 id,
                 connection,
+                held,
                 notices,
-            } => self.established(id, connection, notices),
+            } => self.established(id, connection, held, notices),
             Step::Failed { id, error } => self.failed(id, error),
         }
     }
@@ -111,6 +112,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
         &mut self,
         id: ConnectionId,
         connection: Connection<M>,
+        held: Held<M>,
         notices: mpsc::Receiver<Notice>,
     ) {
         let now = self.now();
@@ -138,7 +140,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
         let direction = connection.info().direction;
         self.notices.push(notice_stream(id, notices));
         self.o.shared.register(peer_id, connection.clone());
-        self.conns.insert(id, connection);
+        self.conns.insert(id, (connection, held));
         // The policy's actions for the new connection (weight, Bootstrap) are carried out
         // before anyone hears of it.
         self.apply_actions();
