@@ -228,26 +228,30 @@ pub async fn concurrent(dialers: usize, each: usize) -> Concurrent {
     Concurrent::since(start, dialers * each)
 }
 
-/// Resident bytes before and after `n` idle connections, one per dialer swarm (both ends
-/// in this process; the swarms are started before the first measure). With `substream`,
-/// each connection also holds one open substream, as a connection that carries messages
-/// does.
-pub async fn idle_memory(n: usize, substream: bool) -> (u64, u64) {
-    let listener = Swarm::start(true).await;
-    let mut incoming = listener.control.clone().accept(PROTOCOL).expect("accept");
-    let mut dialers = Vec::with_capacity(n);
-    for _ in 0..n {
-        dialers.push(Swarm::start(false).await);
+/// Resident bytes before and after the idle connections of a full mesh of `nodes` swarms
+/// (`nodes·(nodes−1)/2` connections, both ends in this process; the swarms are started
+/// before the first measure). With `substream`, each connection also holds one open
+/// substream, as a connection that carries messages does.
+pub async fn idle_memory(nodes: usize, substream: bool) -> (u64, u64) {
+    let mut mesh = Vec::with_capacity(nodes);
+    let mut incoming = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        let s = Swarm::start(true).await;
+        incoming.push(s.control.clone().accept(PROTOCOL).expect("accept"));
+        mesh.push(s);
     }
-    let mut streams = Vec::with_capacity(if substream { 2 * n } else { 0 });
+    let mut streams = Vec::new();
     let before = crate::settled_rss();
-    for d in &dialers {
-        let peer = d.dial(listener.addr()).await;
-        listener.wait(d.peer_id, 1, false).await;
-        if substream {
-            let (out, input) = self::substream(d, peer, &mut incoming).await;
-            streams.push(out);
-            streams.push(input);
+    for i in 0..nodes {
+        for j in i + 1..nodes {
+            let (a, b) = (&mesh[i], &mesh[j]);
+            let peer = a.dial(b.addr()).await;
+            b.wait(a.peer_id, 1, false).await;
+            if substream {
+                let (out, input) = self::substream(a, peer, &mut incoming[j]).await;
+                streams.push(out);
+                streams.push(input);
+            }
         }
     }
     let after = crate::settled_rss();

@@ -10,9 +10,10 @@
 //!   from one dialer: median time to established (µs) and cycles per second;
 //! - **concurrent**: `--dialers` dialers (default 8) doing `--each` cycles at once:
 //!   handshakes (whole cycles) per second;
-//! - **memory**: resident bytes per idle established connection, both ends, over `--conns`
-//!   connections (default 1 000), after `malloc_trim`; each measure in a child process of
-//!   its own so the allocator starts clean.
+//! - **memory**: resident bytes per idle established connection, both ends, after
+//!   `malloc_trim`: a full mesh of `--nodes` nodes (default 46: 1 035 connections), so what
+//!   a node costs by itself and its first connection's one-time allocations are spread
+//!   out; each measure in a child process of its own so the allocator starts clean.
 //!
 //! Ratios are taken within each round (paired), and the table gives their median; the
 //! spread column says how far apart the rounds were, and the load average how busy the
@@ -139,9 +140,9 @@ struct Args {
     /// Cycles per dialer in the concurrent item.
     #[arg(long, default_value_t = 60)]
     each: usize,
-    /// Idle connections in the memory item.
-    #[arg(long, default_value_t = 1000)]
-    conns: usize,
+    /// Nodes of the full mesh in the memory item (n·(n−1)/2 idle connections).
+    #[arg(long, default_value_t = 46)]
+    nodes: usize,
     /// Items to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     items: Vec<report::Item>,
@@ -166,10 +167,10 @@ fn main() {
     if let Some(of) = args.memory_child {
         let (before, after) = runtime().block_on(async {
             match of {
-                MemoryOf::Tcp => tcp::idle_memory(args.conns).await,
-                MemoryOf::Peerpool => pp::idle_memory(args.conns).await,
-                MemoryOf::Libp2p => lp::idle_memory(args.conns, false).await,
-                MemoryOf::Libp2pSubstream => lp::idle_memory(args.conns, true).await,
+                MemoryOf::Tcp => tcp::idle_memory(args.nodes).await,
+                MemoryOf::Peerpool => pp::idle_memory(args.nodes).await,
+                MemoryOf::Libp2p => lp::idle_memory(args.nodes, false).await,
+                MemoryOf::Libp2pSubstream => lp::idle_memory(args.nodes, true).await,
             }
         });
         println!("{before} {after}");
@@ -184,8 +185,13 @@ fn main() {
     report::run(&args, &items);
 }
 
+/// Connections of a full mesh of `nodes` nodes.
+pub fn mesh_connections(nodes: usize) -> usize {
+    nodes * nodes.saturating_sub(1) / 2
+}
+
 /// Runs the memory item for `of` in a child process; bytes per connection (both ends).
-fn memory_in_child(of: MemoryOf, conns: usize) -> f64 {
+fn memory_in_child(of: MemoryOf, nodes: usize) -> f64 {
     let exe = std::env::current_exe().expect("the running binary");
     let name = of
         .to_possible_value()
@@ -193,7 +199,7 @@ fn memory_in_child(of: MemoryOf, conns: usize) -> f64 {
         .get_name()
         .to_owned();
     let out = std::process::Command::new(exe)
-        .args(["--memory-child", &name, "--conns", &conns.to_string()])
+        .args(["--memory-child", &name, "--nodes", &nodes.to_string()])
         .output()
         .expect("the memory child runs");
     assert!(
@@ -206,5 +212,5 @@ fn memory_in_child(of: MemoryOf, conns: usize) -> f64 {
         .split_whitespace()
         .map(|w| w.parse().expect("a number of bytes"))
         .collect();
-    (v[1] - v[0]) / conns as f64
+    (v[1] - v[0]) / mesh_connections(nodes) as f64
 }

@@ -167,23 +167,24 @@ pub async fn concurrent(dialers: usize, each: usize) -> Concurrent {
     c
 }
 
-/// Resident bytes before and after `n` idle connections, one per dialer node (both ends in
-/// this process; the nodes are started before the first measure).
-pub async fn idle_memory(n: usize) -> (u64, u64) {
-    let listener = Peer::start(true, n + 10).await;
-    let mut dialers = Vec::with_capacity(n);
-    for _ in 0..n {
-        dialers.push(Peer::start(false, 10).await);
+/// Resident bytes before and after the idle connections of a full mesh of `nodes` nodes
+/// (`nodes·(nodes−1)/2` connections, both ends in this process; the nodes are started
+/// before the first measure, so what a node costs by itself is not counted).
+pub async fn idle_memory(nodes: usize) -> (u64, u64) {
+    let mut mesh = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        mesh.push(Peer::start(true, nodes + 10).await);
     }
     let before = crate::settled_rss();
-    for d in &dialers {
-        d.node
-            .connect(listener.point(), None)
-            .await
-            .expect("connect");
-        listener.established(d.node.peer_id()).await;
+    for (i, a) in mesh.iter().enumerate() {
+        for b in &mesh[i + 1..] {
+            a.node.connect(b.point(), None).await.expect("connect");
+            b.established(a.node.peer_id()).await;
+        }
     }
     let after = crate::settled_rss();
-    assert_eq!(listener.node.connections().len(), n);
+    for p in &mesh {
+        assert_eq!(p.node.connections().len(), nodes - 1);
+    }
     (before, after)
 }

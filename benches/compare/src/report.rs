@@ -113,7 +113,7 @@ pub fn run(args: &Args, items: &[Item]) {
                 measure(args, &rt, item, stack, &mut results);
             }
             if item == Item::Memory && stacks.contains(&Stack::Libp2p) {
-                let v = memory_in_child(MemoryOf::Libp2pSubstream, args.conns);
+                let v = memory_in_child(MemoryOf::Libp2pSubstream, args.nodes);
                 eprintln!(
                     "round {round} memory libp2p+substream {:.1} KiB",
                     v / 1024.0
@@ -180,7 +180,7 @@ fn measure(args: &Args, rt: &tokio::runtime::Runtime, item: Item, stack: Stack, 
                 Stack::Peerpool => MemoryOf::Peerpool,
                 Stack::Libp2p => MemoryOf::Libp2p,
             };
-            let kib = memory_in_child(of, args.conns) / 1024.0;
+            let kib = memory_in_child(of, args.nodes) / 1024.0;
             eprintln!("{stack:?} memory {kib:.1} KiB per idle connection (both ends)");
             r.push(Metric::Memory, stack, kib);
         }
@@ -272,13 +272,14 @@ fn print_table(args: &Args, r: &Results, load_start: f64, load_end: f64) {
         "{} rounds, stacks in rotating order; ratios are medians of per-round ratios; spread = \
          (max − min) / median over rounds. Load average {load_start:.2} at start, {load_end:.2} \
          at end ({} cores). Throughput {} MiB per stack and round; {} sequential cycles; {} \
-         dialers × {} cycles; {} idle connections.",
+         dialers × {} cycles; {} idle connections (a mesh of {} nodes).",
         args.rounds,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.bytes >> 20,
         args.cycles,
         args.dialers,
         args.each,
-        args.conns
+        crate::mesh_connections(args.nodes),
+        args.nodes
     );
 }

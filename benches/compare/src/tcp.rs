@@ -98,8 +98,10 @@ pub async fn concurrent(dialers: usize, each: usize) -> Concurrent {
     Concurrent::since(start, dialers * each)
 }
 
-/// Resident bytes before and after `n` idle connected socket pairs in this process.
-pub async fn idle_memory(n: usize) -> (u64, u64) {
+/// Resident bytes before and after `nodes·(nodes−1)/2` idle connected socket pairs in
+/// this process (the same count as the other stacks' meshes).
+pub async fn idle_memory(nodes: usize) -> (u64, u64) {
+    let n = crate::mesh_connections(nodes);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     let mut accepted = Vec::with_capacity(n);

@@ -138,14 +138,10 @@ async fn run<S: TransportStream, M: AppMessage>(
     ctx: AttemptContext<M>,
 ) -> Step<M> {
     let handshake = async {
-        let stream = connect.await?;
-        // From here on every byte, the handshake's included, goes through the scheduler.
-        let scheduled = ctx
-            .scheduler
-            .register(stream)
-            .map_err(|e| ConnectError::Scheduler(Arc::new(e)))?;
-        let stream = ScheduledStream::new(scheduled, ctx.close_timeout);
-        let io = stream.writer().clone();
+        // The handshake runs on the raw stream: its messages go out from this task, with no
+        // hop through the scheduler's writer task each. Its bytes are counted and recorded
+        // in the scheduler once the stream is registered, at the Ack.
+        let stream = socket::Counted::new(connect.await?);
         let auth =
             socket::authenticate(stream, ctx.handshake.clone(), a.direction, a.nonce).await?;
         let (reply, decision) = oneshot::channel();
@@ -163,7 +159,29 @@ async fn run<S: TransportStream, M: AppMessage>(
             })
             .map_err(|_| ConnectError::NodeStopped)?;
         match decision.await.map_err(|_| ConnectError::NodeStopped)? {
-            Admission::Accept(version) => Ok((auth.accept(version).await?, io)),
+            Admission::Accept(version) => {
+                let Established {
+                    stream,
+                    session,
+                    timings,
+                } = auth.accept(version).await?;
+                // From here on every byte goes through the scheduler.
+                let scheduled = ctx
+                    .scheduler
+                    .register(stream.inner)
+                    .map_err(|e| ConnectError::Scheduler(Arc::new(e)))?;
+                scheduled.record_moved(stream.written, stream.read);
+                let stream = ScheduledStream::new(scheduled, ctx.close_timeout);
+                let io = stream.writer().clone();
+                Ok((
+                    Established {
+                        stream,
+                        session,
+                        timings,
+                    },
+                    io,
+                ))
+            }
             Admission::Nack(motive, points) => {
                 auth.reject(motive, points).await?;
                 Err(ConnectError::RejectedByUs(motive))

@@ -7,7 +7,7 @@ use super::write::ScheduledWriter;
 use super::{lock, ConnectionInfo, IoSchedulerConfig, IoSchedulerError, MaState, Stat};
 use crate::budget::ByteBudget;
 use bytes::Bytes;
-use peerpool_proto::scheduler::{ConnId, Scheduler, SchedulerConfig, DEFAULT_PERIOD};
+use peerpool_proto::scheduler::{ConnId, Direction, Scheduler, SchedulerConfig, DEFAULT_PERIOD};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -69,6 +69,18 @@ impl ScheduledConnection {
     /// See [`ScheduledWriter::stat`].
     pub fn stat(&self) -> Stat {
         self.writer.stat()
+    }
+
+    /// Counts `sent` and `received` bytes that this connection's stream moved before it was
+    /// registered (the node runs the handshake on the raw stream, which saves a task hop
+    /// per handshake message) as if they had passed through the scheduler: they show in
+    /// the statistics and are charged to the quotas, after the fact, as direct reads are.
+    pub fn record_moved(&self, sent: u64, received: u64) {
+        if let Some(shared) = self.writer.owner.conn.sched.upgrade() {
+            let id = self.id();
+            shared.record(id, Direction::Send, sent);
+            shared.record(id, Direction::Recv, received);
+        }
     }
 
     /// See [`ScheduledWriter::close`].
