@@ -95,9 +95,16 @@ impl ChunkSealer {
         self.key.seal_into(&nonce, plaintext, out);
     }
 
+    /// Bytes that [`seal_message`](Self::seal_message) appends for a message of `len`
+    /// bytes, at most: the message plus a 2-byte header and a 16-byte tag per chunk
+    /// (WIRE.md §6).
+    pub fn sealed_len(&self, len: usize) -> usize {
+        len + (len / self.payload_size + 1) * (TAG_LEN + 2)
+    }
+
     /// Appends the chunks of one encoded message to `out`, cut at `payload_size`.
     pub fn seal_message(&mut self, message: &[u8], out: &mut Vec<u8>) {
-        out.reserve(message.len() + (message.len() / self.payload_size + 1) * (TAG_LEN + 2));
+        out.reserve(self.sealed_len(message.len()));
         for piece in message.chunks(self.payload_size) {
             self.seal_chunk(piece, out);
         }

@@ -152,9 +152,10 @@ async fn burst(nodes: &[Node<RawMessage>]) {
     }
 }
 
-/// Lets the last writes, wake-ups and frees happen.
+/// Lets the last writes, wake-ups and frees happen: longer than the quiet time after which
+/// a connection's reader lets its buffers go (500 ms).
 async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
 async fn shutdown(nodes: Vec<Node<RawMessage>>) {

@@ -112,8 +112,13 @@ async fn reserve(budget: &ByteBudget, bytes: usize) -> Reservation {
     wait.await
 }
 
-/// Reads exactly `buf.len()` bytes from `input`; if they are not there at once (the peer
-/// is quiet), calls `idle` first, once.
+/// How long the peer must stay quiet before the reader lets its buffers go: long enough
+/// that a flowing connection keeps them between messages (no allocation and zeroing of a
+/// chunk buffer per message), short enough that an idle connection soon holds none.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Reads exactly `buf.len()` bytes from `input`; if they are not there within [`QUIET`]
+/// (the peer is quiet), calls `idle` meanwhile, once.
 async fn read_exact_or_idle<R: AsyncRead + Unpin>(
     input: &mut R,
     buf: &mut [u8],
@@ -121,11 +126,17 @@ async fn read_exact_or_idle<R: AsyncRead + Unpin>(
 ) -> io::Result<()> {
     let mut idle = Some(idle);
     let mut read = std::pin::pin!(input.read_exact(buf));
+    // Only a wait allocates its timer, so the reader's future has no room for it.
+    let mut quiet: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         let r = read.as_mut().poll(cx);
-        if r.is_pending() {
-            if let Some(idle) = idle.take() {
-                idle();
+        if r.is_pending() && idle.is_some() {
+            let timer = quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep(QUIET)));
+            if timer.as_mut().poll(cx).is_ready() {
+                quiet = None;
+                if let Some(idle) = idle.take() {
+                    idle();
+                }
             }
         }
         r

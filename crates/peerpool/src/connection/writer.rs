@@ -48,6 +48,8 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
     shared: Arc<Shared<M>>,
 ) {
     let _close = CloseOnDrop(&shared.outbox);
+    // The messages of one batch (a few pointers, kept between batches).
+    let mut batch = Vec::new();
     loop {
         let next = tokio::select! {
             // Closing first, then control messages before application messages.
@@ -56,19 +58,23 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
             m = shared.outbox.next() => Some(m),
         };
         let Some(first) = next else { break };
-        let mut wire = Vec::new();
-        sealer.seal_message(&first, &mut wire);
-        drop(first);
-        let mut count = 1;
-        // Coalesce what is already queued, control first, into one write. Reservations
+        // Coalesce what is already queued, control first, into one write, sealed into one
+        // buffer sized for the whole batch at once (no regrowth, no copy). Reservations
         // are released once their bytes are sealed (the scheduler's write queue bounds
         // the rest).
-        while wire.len() < COALESCE {
+        let mut size = sealer.sealed_len(first.len());
+        batch.push(first);
+        while size < COALESCE {
             let Some(m) = shared.outbox.try_next() else {
                 break;
             };
+            size += sealer.sealed_len(m.len());
+            batch.push(m);
+        }
+        let count = batch.len() as u64;
+        let mut wire = Vec::with_capacity(size);
+        for m in batch.drain(..) {
             sealer.seal_message(&m, &mut wire);
-            count += 1;
         }
         let len = wire.len() as u64;
         if let Err(e) = write(&shared.io, wire).await {
