@@ -1,6 +1,7 @@
 //! [`ScheduledStream`]: a [`ScheduledConnection`] seen as a plain `AsyncRead + AsyncWrite`
-//! byte stream, so the handshake and the connection tasks run unchanged on top of the
-//! I/O scheduler and every byte they move passes through it.
+//! byte stream, so the connection tasks run unchanged on top of the I/O scheduler and every
+//! byte they move passes through it. (The handshake runs on the raw stream before it is
+//! registered; its bytes are recorded at registration, `ScheduledConnection::record_moved`.)
 
 use crate::io_scheduler::{
     IoSchedulerError, ScheduledConnection, ScheduledReader, ScheduledWriter,
