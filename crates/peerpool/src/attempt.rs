@@ -183,7 +183,9 @@ async fn run<S: TransportStream, M: AppMessage>(
                 ))
             }
             Admission::Nack(motive, points) => {
-                auth.reject(motive, points).await?;
+                // Our decision is the outcome, whether or not the peer is still there to
+                // read the Nack (it may have refused us and closed first).
+                let _ = auth.reject(motive, points).await;
                 Err(ConnectError::RejectedByUs(motive))
             }
             Admission::Close(e) => {
