@@ -18,6 +18,11 @@
 //! Ratios are taken within each round (paired), and the table gives their median; the
 //! spread column says how far apart the rounds were, and the load average how busy the
 //! machine was. `cargo run --release -p compare -- --rounds 3` (docs/BENCHMARKS.md §8).
+//!
+//! Failures: every peer of every stack is an endpoint of this process (or of its own memory
+//! child) on 127.0.0.1, so nothing here reads input from anyone else. A step that fails
+//! (bind, connect, a handshake, a read) means the measurement cannot go on: it panics with
+//! the step's name (`expect`), which is the benchmark's error report.
 
 mod lp;
 mod measure;

@@ -39,7 +39,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 /// Why a connection closed.
@@ -175,24 +175,9 @@ struct Shared<M> {
     outbox: Outbox,
     outgoing: ByteBudget,
     queue: Arc<ConnQueue<M>>,
-    /// Why the connection closed, once it has.
+    /// Why the connection closed, once it has, and how far the close has gone.
     closing: Closing,
-    /// How far the close has gone on each side.
-    ends: watch::Sender<Ends>,
     io: ScheduledWriter,
-}
-
-/// How far a connection's close has gone on each side (see
-/// [`Connection::closed_on_both_sides`]).
-#[derive(Debug, Clone, Copy, Default)]
-struct Ends {
-    /// The node no longer holds the connection (its [`Held`] was dropped): a new
-    /// connection with the same peer is admitted.
-    forgotten: bool,
-    /// The reader has finished: `Some(true)` once the peer has closed its end of the
-    /// stream, `Some(false)` if it did not within the linger (or there was none to wait
-    /// for: a protocol error, the node shutting down).
-    peer_closed: Option<bool>,
 }
 
 /// The node's hold on a connection: the owner keeps it while the connection counts as
@@ -202,7 +187,7 @@ pub(crate) struct Held<M>(Arc<Shared<M>>);
 
 impl<M> Drop for Held<M> {
     fn drop(&mut self) {
-        self.0.ends.send_modify(|e| e.forgotten = true);
+        self.0.closing.update_ends(|e| e.forgotten = true);
     }
 }
 
@@ -344,13 +329,7 @@ impl<M: AppMessage> Connection<M> {
     /// nothing to wait for: a protocol error, the node shutting down). Does not close the
     /// connection itself: see [`Connection::close`] and `Node::disconnect_and_wait`.
     pub async fn closed_on_both_sides(&self) -> bool {
-        let mut rx = self.shared.ends.subscribe();
-        let ends = rx
-            .wait_for(|e| e.forgotten && e.peer_closed.is_some())
-            .await
-            .map(|e| *e);
-        // An error: the connection's state is gone with its tasks, nothing left to wait for.
-        ends.is_ok_and(|e| e.peer_closed == Some(true))
+        self.shared.closing.both_sides().await.peer_closed == Some(true)
     }
 
     /// Incoming application messages and bytes waiting for the application.
@@ -416,7 +395,6 @@ where
         outgoing: ByteBudget::new(q.outgoing_app_bytes),
         queue,
         closing: Closing::default(),
-        ends: watch::channel(Ends::default()).0,
         io: wiring.io,
     });
     let max_len = q.max_message_bytes.min(P2pMessage::<M>::max_len());

@@ -72,8 +72,8 @@ pub(super) async fn run<M: AppMessage, R: AsyncRead + Unpin>(
         }
     };
     shared
-        .ends
-        .send_modify(|e| e.peer_closed = Some(peer_closed));
+        .closing
+        .update_ends(|e| e.peer_closed = Some(peer_closed));
 }
 
 /// Reads and drops everything until the end of the stream (`true`) or `limit` (`false`).

@@ -105,9 +105,6 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
     // The end of our stream tells the peer this node has forgotten the connection: close
     // it once the node has, and once the reader is done (after our Disconnect it waits for
     // the peer to close first, within the linger).
-    let mut ends = shared.ends.subscribe();
-    let _ = ends
-        .wait_for(|e| e.forgotten && e.peer_closed.is_some())
-        .await;
+    shared.closing.both_sides().await;
     let _ = out.shutdown().await;
 }
