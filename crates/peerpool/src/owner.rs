@@ -165,6 +165,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> Running<T, M, P> {
                 self.o.policy.handle_timeout(now);
                 self.apply_actions();
             }
+            self.summary.flush_if_due(Instant::now());
             let deadline = self
                 .o
                 .policy

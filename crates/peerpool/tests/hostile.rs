@@ -14,7 +14,7 @@
 //!
 //! The tests take a lock, so they run one at a time even in parallel runs and each one's
 //! figures are its own. The figures: `cargo test -p peerpool --release --test hostile --
-//! --nocapture --test-threads=1` (docs/RELIABILITY-hostile.md).
+//! --nocapture --test-threads=1` (docs/RELIABILITY.md §2).
 //!
 //! Bad input on a single connection (a chunk declaring 65535 bytes then EOF, a message
 //! longer than the envelope bound, bad MACs, garbage handshakes) is in `bad_input.rs`;
@@ -35,5 +35,7 @@ mod control;
 mod events;
 #[path = "hostile/framing.rs"]
 mod framing;
+#[path = "hostile/logs.rs"]
+mod logs;
 #[path = "hostile/raw.rs"]
 mod raw;

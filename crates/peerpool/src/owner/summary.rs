@@ -67,7 +67,10 @@ impl RefusalSummary {
         Some(line)
     }
 
-    fn flush_if_due(&mut self, now: Instant) {
+    /// Logs the summary line if a period has passed since the last one. Called on every
+    /// refusal and at each turn of the owner, so the counts of a flood that has stopped
+    /// still go out once its period ends (at the node's next timer or event).
+    pub(crate) fn flush_if_due(&mut self, now: Instant) {
         if let Some(line) = self.take_due(now) {
             info!("{line}");
         }

@@ -111,9 +111,11 @@ async fn a_flood_of_5000_connection_attempts_while_20_peers_exchange() {
     const ADDRS: usize = 250;
     const CONCURRENCY: usize = 250;
     const SPREAD: Duration = Duration::from_secs(2);
+    crate::logs::install();
     let mut b = Bench::start("flood", 12, 20, |_| {}).await;
     b.measure_before().await;
     let w = b.window();
+    let lines_before = crate::logs::lines();
     let t0 = Instant::now();
     let addr = b.addr();
     let connected = futures_util::stream::iter(0..ATTEMPTS)
@@ -141,6 +143,7 @@ async fn a_flood_of_5000_connection_attempts_while_20_peers_exchange() {
             t.refused.len() + t.handshake_failed.len() >= connected
         })
         .await;
+    let lines = crate::logs::lines() - lines_before;
     let during = b.during(w).await;
     let garbage_ip = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => v4.octets()[3] % 2 == 0,
@@ -178,11 +181,17 @@ async fn a_flood_of_5000_connection_attempts_while_20_peers_exchange() {
     });
     let greylisted: HashSet<IpAddr> = b.node.handle.greylisted_ips().await.0.into_iter().collect();
     eprintln!(
-        "[flood] {ATTEMPTS} attempts from {ADDRS} addresses in {:.2} s ({:.0}/s), {connected} connected; refused at accept: {refusals:?}; handshakes failed: {failures:?}; {} addresses greylisted; events lost {}",
+        "[flood] {ATTEMPTS} attempts from {ADDRS} addresses in {:.2} s ({:.0}/s), {connected} connected; refused at accept: {refusals:?}; handshakes failed: {failures:?}; {} addresses greylisted; events lost {}; log lines at info and above {lines}",
         flood_time.as_secs_f64(),
         ATTEMPTS as f64 / flood_time.as_secs_f64(),
         greylisted.len(),
         b.log.with(|t| t.lagged)
+    );
+    // Refusals and failed attempts are routine: logged at debug level and summarised once
+    // a minute, so the flood writes a handful of lines, not one per attempt.
+    assert!(
+        lines < 50,
+        "{lines} log lines at info level or above for {connected} attempts"
     );
     // Attempt k is from address k % 250, i.e. 127.0.1.(1 + k % 250): the odd k (even
     // last byte) sent garbage.
