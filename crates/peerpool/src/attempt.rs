@@ -76,6 +76,8 @@ pub(crate) struct AttemptContext<M> {
     pub queues: crate::connection::QueueConfig,
     pub totals: Arc<MessageTotals>,
     pub budget: ByteBudget,
+    /// The node-wide budget of outgoing bytes in flight.
+    pub outgoing: ByteBudget,
     pub inbox: Arc<Inbox<M>>,
     pub tracker: TaskTracker,
 }
@@ -90,6 +92,7 @@ impl<M> Clone for AttemptContext<M> {
             queues: self.queues,
             totals: self.totals.clone(),
             budget: self.budget.clone(),
+            outgoing: self.outgoing.clone(),
             inbox: self.inbox.clone(),
             tracker: self.tracker.clone(),
         }
@@ -234,6 +237,7 @@ fn start<M: AppMessage>(
             queues: ctx.queues,
             totals: ctx.totals.clone(),
             budget: ctx.budget.clone(),
+            outgoing: ctx.outgoing.clone(),
             inbox: ctx.inbox.clone(),
             notices: notices_tx,
             tracker: ctx.tracker.clone(),

@@ -145,6 +145,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             inbox: Arc::new(Inbox::default()),
             events,
             budget,
+            outgoing: ByteBudget::new(c.outgoing_budget_bytes),
             tracker: tracker.clone(),
             scheduler: scheduler.clone(),
             peer_id,
@@ -167,6 +168,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             queues: c.queues,
             totals: shared.totals.clone(),
             budget: shared.budget.clone(),
+            outgoing: shared.outgoing.clone(),
             inbox: shared.inbox.clone(),
             tracker: tracker.clone(),
         };

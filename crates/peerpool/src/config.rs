@@ -64,6 +64,13 @@ pub struct NodeConfig {
     /// other ([`split_budget`]); an eighth of the messages' part is kept for small messages
     /// ([`crate::budget::ByteBudget`]). The rest must hold `queues.max_message_bytes`.
     pub buffer_budget_bytes: usize,
+    /// One node-wide cap on the outgoing application bytes in flight (queued, or in the
+    /// I/O scheduler's write queue, until written to the socket) beyond each connection's
+    /// `queues.outgoing_guaranteed_bytes` (default 256 MiB; 1..=4 GiB - 1). Peers that stop
+    /// reading can take all of it, and no more: the node's outgoing memory stays within
+    /// `max_connections × outgoing_guaranteed_bytes + outgoing_budget_bytes`, and a peer
+    /// that keeps up never needs it while within its guarantee.
+    pub outgoing_budget_bytes: usize,
     /// The pool: known points and peers bounds, backoff, ACL sizes, private mode,
     /// `min_connections` (below it the node dials known points, default 10) and
     /// `max_connections` (the slot check, default 100).
@@ -108,6 +115,7 @@ impl NodeConfig {
             chunk_payload_bytes: MAX_CHUNK_PAYLOAD,
             queues: QueueConfig::default(),
             buffer_budget_bytes: 256 * 1024 * 1024,
+            outgoing_budget_bytes: 256 * 1024 * 1024,
             pool: PoolConfig::default(),
             policy: PolicyConfig::default(),
             io_scheduler: IoSchedulerConfig::default(),
@@ -281,6 +289,12 @@ impl TryFrom<NodeConfig> for ValidConfig {
             "3/4 of it, less its small-message lane (an eighth), >= queues.max_message_bytes, \
              and <= 4 GiB - 1",
         )?;
+        check(
+            (1..=crate::budget::MAX_BUDGET).contains(&c.outgoing_budget_bytes),
+            "outgoing_budget_bytes",
+            c.outgoing_budget_bytes,
+            "1..=4 GiB - 1",
+        )?;
         let io = &c.io_scheduler;
         check(
             io.read_buffer_size >= 1,
@@ -340,6 +354,21 @@ mod tests {
                 ..
             })
         ));
+        for bytes in [0, crate::budget::MAX_BUDGET + 1] {
+            let mut c = config();
+            c.outgoing_budget_bytes = bytes;
+            assert!(matches!(
+                c.validate(),
+                Err(ConfigError::Invalid {
+                    field: "outgoing_budget_bytes",
+                    ..
+                })
+            ));
+        }
+        let mut c = config();
+        c.outgoing_budget_bytes = 1;
+        c.queues.outgoing_guaranteed_bytes = 0;
+        assert!(c.validate().is_ok());
         let mut c = config();
         c.pool.min_connections = 200;
         assert!(matches!(c.validate(), Err(ConfigError::Pool(_))));

@@ -543,6 +543,13 @@ impl<M: AppMessage, P: PeerMetadata> Node<M, P> {
         self.shared.budget.in_use()
     }
 
+    /// Outgoing bytes in flight beyond the connections' guarantees, out of
+    /// `outgoing_budget_bytes` (what each connection has in flight in all:
+    /// [`Connection::queued_outgoing`](crate::Connection::queued_outgoing)).
+    pub fn outgoing_budget_in_use(&self) -> usize {
+        self.shared.outgoing.in_use()
+    }
+
     /// Tasks of the node still running, the owner task excepted: connection readers and
     /// writers, the welcome worker, the peers-file saver, and the I/O scheduler's. Zero
     /// once [`Node::shutdown`] has returned.

@@ -80,6 +80,8 @@ pub(crate) struct NodeShared<M> {
     pub(crate) inbox: Arc<Inbox<M>>,
     pub(crate) events: EventSender,
     pub(crate) budget: ByteBudget,
+    /// Outgoing bytes in flight beyond each connection's guarantee.
+    pub(crate) outgoing: ByteBudget,
     pub(crate) tracker: TaskTracker,
     pub(crate) scheduler: Arc<IoScheduler>,
     pub(crate) peer_id: PeerId,

@@ -12,8 +12,12 @@
 //!   their own queue and always go first. Application messages are bounded per connection
 //!   in messages and in bytes.
 //!
-//! [`Connection::send`] waits for room; [`Connection::try_send`] refuses at once.
+//! [`Connection::send`] waits for room; [`Connection::try_send`] refuses at once. What a
+//! connection has in flight (queued, or written to the I/O scheduler but not yet to the
+//! socket) beyond [`QueueConfig::outgoing_guaranteed_bytes`] comes out of the node-wide
+//! outgoing budget (`charge`).
 
+mod charge;
 mod closing;
 mod outbox;
 mod reader;
@@ -125,6 +129,12 @@ pub struct QueueConfig {
     pub outgoing_app_bytes: usize,
     /// Outgoing control messages waiting for the writer (default 16), messages. ≥ 1.
     pub outgoing_control_messages: usize,
+    /// Application bytes a connection may have in flight (queued here or in the I/O
+    /// scheduler's write queue, until written to the socket) without drawing on the
+    /// node-wide [`NodeConfig::outgoing_budget_bytes`](crate::NodeConfig::outgoing_budget_bytes):
+    /// beyond it, [`Connection::send`] waits for that budget and [`Connection::try_send`]
+    /// refuses when it is spent (default 1 MiB; 0: everything comes from the budget).
+    pub outgoing_guaranteed_bytes: usize,
     /// Largest message accepted from the peer (the envelope's `N`), bytes; the effective
     /// bound is the smaller of this and the message type's
     /// [`AppMessage::MAX_SIZE`]. A longer length is refused at its 4-byte prefix.
@@ -140,6 +150,7 @@ impl Default for QueueConfig {
             outgoing_app_messages: 100,
             outgoing_app_bytes: 16 * 1024 * 1024,
             outgoing_control_messages: 16,
+            outgoing_guaranteed_bytes: 1024 * 1024,
             max_message_bytes: 8 * 1024 * 1024,
         }
     }
@@ -174,6 +185,8 @@ struct Shared<M> {
     /// Messages waiting for the writer, control first.
     outbox: Outbox,
     outgoing: ByteBudget,
+    /// Bytes in flight, and the node-wide budget for those beyond the guarantee.
+    in_flight: charge::Outgoing,
     queue: Arc<ConnQueue<M>>,
     /// Why the connection closed, once it has, and how far the close has gone.
     closing: Closing,
@@ -246,7 +259,11 @@ impl<M: AppMessage> Connection<M> {
             return Err(SendError::Closed);
         }
         let reservation = self.shared.outgoing.reserve(bytes.len()).await;
-        self.shared.outbox.app(bytes, reservation).await
+        let charge = self.shared.in_flight.charge(bytes.len()).await;
+        self.shared
+            .outbox
+            .app(bytes, reservation, Some(charge))
+            .await
     }
 
     /// Queues an application message without waiting.
@@ -266,7 +283,12 @@ impl<M: AppMessage> Connection<M> {
             .outgoing
             .try_reserve(bytes.len())
             .ok_or(TrySendError::Full)?;
-        self.shared.outbox.try_app(bytes, reservation)
+        let charge = self
+            .shared
+            .in_flight
+            .try_charge(bytes.len())
+            .ok_or(TrySendError::Full)?;
+        self.shared.outbox.try_app(bytes, reservation, Some(charge))
     }
 
     /// Queues a control message ahead of application messages; `false` if its queue is
@@ -336,6 +358,12 @@ impl<M: AppMessage> Connection<M> {
     pub fn queued_incoming(&self) -> (usize, usize) {
         self.shared.queue.len()
     }
+
+    /// Outgoing application bytes in flight: queued, or handed to the I/O scheduler and
+    /// not yet written to the socket (envelopes, before sealing).
+    pub fn queued_outgoing(&self) -> usize {
+        self.shared.in_flight.in_flight()
+    }
 }
 
 /// What a new connection is wired to.
@@ -344,6 +372,8 @@ pub(crate) struct Wiring<M> {
     /// The node's message totals, counted beside the connection's own.
     pub totals: Arc<MessageTotals>,
     pub budget: ByteBudget,
+    /// The node-wide budget of outgoing bytes in flight beyond each connection's guarantee.
+    pub outgoing: ByteBudget,
     pub inbox: Arc<Inbox<M>>,
     pub notices: mpsc::Sender<Notice>,
     pub tracker: TaskTracker,
@@ -393,6 +423,7 @@ where
         totals: wiring.totals,
         outbox: Outbox::new(q.outgoing_control_messages, q.outgoing_app_messages),
         outgoing: ByteBudget::new(q.outgoing_app_bytes),
+        in_flight: charge::Outgoing::new(q.outgoing_guaranteed_bytes, wiring.outgoing),
         queue,
         closing: Closing::default(),
         io: wiring.io,

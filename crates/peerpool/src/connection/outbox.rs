@@ -7,6 +7,7 @@
 //! idle. Here everything is inline in the connection's shared state, and the queues hold
 //! storage only while messages wait (an emptied queue gives its storage back).
 
+use super::charge::Charge;
 use crate::budget::Reservation;
 use crate::error::{SendError, TrySendError};
 use std::collections::VecDeque;
@@ -33,8 +34,9 @@ pub(super) struct Outbox {
 struct Queues {
     control: VecDeque<Encoded>,
     /// Application messages, each with its part of the connection's byte bound (given back
-    /// when the writer takes it).
-    app: VecDeque<(Encoded, Reservation)>,
+    /// when the writer takes it) and its charge of bytes in flight (handed to the writer
+    /// with the message, kept until the bytes are written).
+    app: VecDeque<(Encoded, Reservation, Option<Charge>)>,
     /// The writer is gone: nothing is queued any more.
     closed: bool,
 }
@@ -72,25 +74,35 @@ impl Outbox {
     /// the future is dropped, nothing was queued.
     ///
     /// Errors: [`SendError::Closed`] once the writer is gone.
-    pub(super) async fn app(&self, message: Encoded, held: Reservation) -> Result<(), SendError> {
+    pub(super) async fn app(
+        &self,
+        message: Encoded,
+        held: Reservation,
+        charge: Option<Charge>,
+    ) -> Result<(), SendError> {
         let permit = self
             .app_room
             .acquire()
             .await
             .map_err(|_| SendError::Closed)?;
-        self.push_app(permit, message, held)
+        self.push_app(permit, message, held, charge)
             .map_err(|_| SendError::Closed)
     }
 
     /// Queues an application message if the queue has room now.
     ///
     /// Errors: [`TrySendError::Full`], [`TrySendError::Closed`].
-    pub(super) fn try_app(&self, message: Encoded, held: Reservation) -> Result<(), TrySendError> {
+    pub(super) fn try_app(
+        &self,
+        message: Encoded,
+        held: Reservation,
+        charge: Option<Charge>,
+    ) -> Result<(), TrySendError> {
         let permit = self.app_room.try_acquire().map_err(|e| match e {
             TryAcquireError::NoPermits => TrySendError::Full,
             TryAcquireError::Closed => TrySendError::Closed,
         })?;
-        self.push_app(permit, message, held)
+        self.push_app(permit, message, held, charge)
             .map_err(|_| TrySendError::Closed)
     }
 
@@ -100,6 +112,7 @@ impl Outbox {
         permit: tokio::sync::SemaphorePermit<'_>,
         message: Encoded,
         held: Reservation,
+        charge: Option<Charge>,
     ) -> Result<(), ()> {
         let mut q = lock(&self.state);
         if q.closed {
@@ -107,21 +120,22 @@ impl Outbox {
         }
         // The writer gives the permit back when it takes the message.
         permit.forget();
-        q.app.push_back((message, held));
+        q.app.push_back((message, held, charge));
         drop(q);
         self.ready.notify_one();
         Ok(())
     }
 
-    /// The next message, control first; `None` if none is queued. An application
-    /// message's room and byte reservation are given back as it is taken.
-    pub(super) fn try_next(&self) -> Option<Encoded> {
+    /// The next message, control first, with its charge of bytes in flight (application
+    /// messages); `None` if none is queued. An application message's room and byte
+    /// reservation are given back as it is taken.
+    pub(super) fn try_next(&self) -> Option<(Encoded, Option<Charge>)> {
         let mut q = lock(&self.state);
         let next = match q.control.pop_front() {
-            Some(m) => Some(m),
-            None => q.app.pop_front().map(|(m, _held)| {
+            Some(m) => Some((m, None)),
+            None => q.app.pop_front().map(|(m, _held, charge)| {
                 self.app_room.add_permits(1);
-                m
+                (m, charge)
             }),
         };
         if q.control.is_empty() && q.app.is_empty() {
@@ -140,7 +154,7 @@ impl Outbox {
     }
 
     /// Waits for the next message, control first (the writer is the only caller).
-    pub(super) async fn next(&self) -> Encoded {
+    pub(super) async fn next(&self) -> (Encoded, Option<Charge>) {
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
@@ -181,13 +195,13 @@ mod tests {
     #[tokio::test]
     async fn control_messages_go_first_and_the_control_queue_refuses_when_full() {
         let out = Outbox::new(2, 10);
-        out.try_app(msg(1), Reservation::empty()).unwrap();
+        out.try_app(msg(1), Reservation::empty(), None).unwrap();
         assert!(out.try_control(msg(10)));
         assert!(out.try_control(msg(11)));
         assert!(!out.try_control(msg(12)), "control queue full");
-        out.try_app(msg(2), Reservation::empty()).unwrap();
+        out.try_app(msg(2), Reservation::empty(), None).unwrap();
         let order: Vec<u8> = std::iter::from_fn(|| out.try_next())
-            .map(|m| m[0])
+            .map(|(m, _)| m[0])
             .collect();
         assert_eq!(order, [10, 11, 1, 2]);
         assert!(out.try_next().is_none());
@@ -197,34 +211,34 @@ mod tests {
     async fn a_full_app_queue_makes_senders_wait_and_taking_a_message_makes_room() {
         let out = Arc::new(Outbox::new(1, 1));
         let budget = ByteBudget::new(100);
-        out.try_app(msg(1), budget.try_reserve(10).unwrap())
+        out.try_app(msg(1), budget.try_reserve(10).unwrap(), None)
             .unwrap();
         assert_eq!(
-            out.try_app(msg(2), Reservation::empty()),
+            out.try_app(msg(2), Reservation::empty(), None),
             Err(TrySendError::Full)
         );
         let mut waiting = Box::pin({
             let out = out.clone();
-            async move { out.app(msg(3), Reservation::empty()).await }
+            async move { out.app(msg(3), Reservation::empty(), None).await }
         });
         let mut cx = Context::from_waker(Waker::noop());
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
         // Taking the message gives back its room and its reservation.
-        assert_eq!(out.next().await[0], 1);
+        assert_eq!(out.next().await.0[0], 1);
         assert_eq!(budget.in_use(), 0);
         assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
-        assert_eq!(out.next().await[0], 3);
+        assert_eq!(out.next().await.0[0], 3);
     }
 
     #[tokio::test]
     async fn closing_drops_what_is_queued_and_refuses_senders_waiting_or_not() {
         let out = Arc::new(Outbox::new(1, 1));
         let budget = ByteBudget::new(100);
-        out.try_app(msg(1), budget.try_reserve(10).unwrap())
+        out.try_app(msg(1), budget.try_reserve(10).unwrap(), None)
             .unwrap();
         let mut waiting = Box::pin({
             let out = out.clone();
-            async move { out.app(msg(2), Reservation::empty()).await }
+            async move { out.app(msg(2), Reservation::empty(), None).await }
         });
         let mut cx = Context::from_waker(Waker::noop());
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
@@ -235,7 +249,7 @@ mod tests {
             Poll::Ready(Err(SendError::Closed))
         );
         assert_eq!(
-            out.try_app(msg(3), Reservation::empty()),
+            out.try_app(msg(3), Reservation::empty(), None),
             Err(TrySendError::Closed)
         );
         assert!(!out.try_control(msg(4)));

@@ -1,6 +1,7 @@
 //! The writer task of a connection: queued envelopes → sealed chunks → the socket,
 //! control messages first; on close, queued control messages and a Disconnect.
 
+use super::charge::Charge;
 use super::outbox::Outbox;
 use super::{CloseReason, Shared};
 use crate::io_scheduler::{IoSchedulerError, ScheduledWriter};
@@ -25,11 +26,24 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
+/// A sealed batch and the charge of its messages' bytes in flight: the I/O scheduler
+/// drops it once every byte is written to the socket (or the connection is gone), and
+/// the charge goes back then.
+struct Sealed {
+    wire: Vec<u8>,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        &self.wire
+    }
+}
+
 /// Queues `wire` for the socket, waiting while the scheduler's write queue is full. Tried
 /// at once first; only a wait allocates its state, in a statement of its own, so the
 /// writer's future (kept for the connection's whole life) has no room for it.
-async fn write(io: &ScheduledWriter, wire: Vec<u8>) -> Result<(), IoSchedulerError> {
-    let wire = Bytes::from(wire);
+async fn write(io: &ScheduledWriter, wire: Bytes) -> Result<(), IoSchedulerError> {
     if io.write_now(wire.clone()) {
         return Ok(());
     }
@@ -57,17 +71,22 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
             () = shared.closing.wait() => None,
             m = shared.outbox.next() => Some(m),
         };
-        let Some(first) = next else { break };
+        let Some((first, charge)) = next else {
+            break;
+        };
+        let mut charges = shared.in_flight.empty();
+        charges.absorb_opt(charge);
         // Coalesce what is already queued, control first, into one write, sealed into one
-        // buffer sized for the whole batch at once (no regrowth, no copy). Reservations
-        // are released once their bytes are sealed (the scheduler's write queue bounds
-        // the rest).
+        // buffer sized for the whole batch at once (no regrowth, no copy). The queue's byte
+        // reservations went back as the messages were taken; their charges of bytes in
+        // flight go with the sealed batch until the scheduler has written it.
         let mut size = sealer.sealed_len(first.len());
         batch.push(first);
         while size < COALESCE {
-            let Some(m) = shared.outbox.try_next() else {
+            let Some((m, charge)) = shared.outbox.try_next() else {
                 break;
             };
+            charges.absorb_opt(charge);
             size += sealer.sealed_len(m.len());
             batch.push(m);
         }
@@ -77,6 +96,10 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
             sealer.seal_message(&m, &mut wire);
         }
         let len = wire.len() as u64;
+        let wire = Bytes::from_owner(Sealed {
+            wire,
+            _charge: charges,
+        });
         if let Err(e) = write(&shared.io, wire).await {
             let e = io::Error::new(io::ErrorKind::BrokenPipe, e);
             shared.closing.record(CloseReason::Io(Arc::new(e)));
@@ -99,7 +122,7 @@ pub(super) async fn run<M: AppMessage, W: AsyncWrite + Unpin>(
         sealer.seal_message(&P2pMessage::<M>::Disconnect.to_bytes(), &mut wire);
     }
     let len = wire.len() as u64;
-    if !wire.is_empty() && write(&shared.io, wire).await.is_ok() {
+    if !wire.is_empty() && write(&shared.io, Bytes::from(wire)).await.is_ok() {
         shared.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
     }
     // The end of our stream tells the peer this node has forgotten the connection: close

@@ -97,3 +97,92 @@ async fn a_peer_that_stops_reading() {
     });
     b.finish().await;
 }
+
+/// Twenty sessions never read while the application broadcasts 64 KiB to every peer each
+/// 10 ms, with the default per-connection queues (16 MiB of messages, 8 MiB of sealed
+/// chunks: 480 MiB for twenty). What each has in flight beyond its guarantee (256 KiB
+/// here) comes out of one node-wide outgoing budget (4 MiB here), so together they hold at
+/// most 20 × 256 KiB + 4 MiB, while the honest peers, within their guarantee, keep
+/// receiving and exchanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_stop_reading_share_one_outgoing_budget() {
+    const STALLED: usize = 20;
+    const GUARANTEED: usize = 256 << 10;
+    const OUTGOING: usize = 4 << 20;
+    const HOLD: Duration = Duration::from_secs(3);
+    let mut b = Bench::start("outgoing budget", 43, 3, |c| {
+        c.queues.outgoing_guaranteed_bytes = GUARANTEED;
+        c.outgoing_budget_bytes = OUTGOING;
+    })
+    .await;
+    let stalled = b.sessions(14, 4300, STALLED).await;
+    let ids: HashSet<PeerId> = stalled.iter().map(|a| a.peer_id).collect();
+    b.measure_before().await;
+    let w = b.window();
+    let msg = RawMessage {
+        tag: 0x300,
+        body: vec![0x34; 64 << 10],
+    };
+    let honest: HashSet<PeerId> = b.honest_ids().into_iter().collect();
+    let (mut sent, mut refused, mut honest_refused) = (0, 0, 0);
+    let (mut most_in_flight, mut most_from_budget) = (0, 0);
+    let t0 = Instant::now();
+    let mut next = t0;
+    while next < t0 + HOLD {
+        let mut in_flight = 0;
+        for c in b.node.handle.connections() {
+            let stalled = ids.contains(&c.info().peer_id);
+            match c.try_send(&msg) {
+                Ok(()) => sent += 1,
+                Err(_) if honest.contains(&c.info().peer_id) => honest_refused += 1,
+                Err(_) => refused += 1,
+            }
+            if stalled {
+                in_flight += c.queued_outgoing();
+            }
+        }
+        most_in_flight = most_in_flight.max(in_flight);
+        most_from_budget = most_from_budget.max(b.node.handle.outgoing_budget_in_use());
+        next += Duration::from_millis(10);
+        tokio::time::sleep_until(next).await;
+    }
+    let during = b.during(w).await;
+    eprintln!(
+        "[outgoing budget] broadcasts of 64 KiB to {} peers for {HOLD:?}: {sent} queued, {refused} refused by the {STALLED} that do not read, {honest_refused} by the honest ones; in flight to those {STALLED} at most {} KiB (bound {} KiB), node-wide budget used at most {} of {} KiB",
+        STALLED + b.honest.len(),
+        most_in_flight >> 10,
+        (STALLED * GUARANTEED + OUTGOING) >> 10,
+        most_from_budget >> 10,
+        OUTGOING >> 10
+    );
+    // The peers that do not read took the budget (all of it but the eighth kept for
+    // requests of at most 32 KiB, which these 64 KiB messages cannot use), and not a byte
+    // more than their guarantees and the budget.
+    assert!(
+        most_from_budget > OUTGOING * 7 / 8 - (64 << 10),
+        "the budget was never used up: {most_from_budget}"
+    );
+    assert!(
+        most_in_flight <= STALLED * GUARANTEED + OUTGOING,
+        "{most_in_flight} bytes in flight to the peers that do not read"
+    );
+    assert!(refused > 0);
+    assert!(
+        honest_refused * 10 <= honest.len() * 300,
+        "{honest_refused} broadcasts refused by honest peers"
+    );
+    for a in &stalled {
+        assert!(b.node.handle.connection(&a.peer_id).is_some(), "closed");
+    }
+    b.check_during(during, Duration::from_secs(2));
+    // 9 MiB in flight (each sealed once more in the scheduler's queue at worst), the
+    // sockets' kernel buffers aside; without the budget, 480 MiB.
+    b.check_memory(64 << 20);
+    drop(stalled);
+    b.log
+        .wait("the silent readers' connections closed", |t| {
+            ids.iter().all(|id| t.closed_reason(id).is_some())
+        })
+        .await;
+    b.finish().await;
+}
