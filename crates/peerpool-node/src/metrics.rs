@@ -137,6 +137,7 @@ impl Metrics {
         let trusted = points.iter().filter(|p| p.trusted).count();
         let stats = node.stats().await;
         let protected = node.conn_manager().protected_peers().await;
+        let (received, outgoing) = (node.buffered_bytes(), node.outgoing_budget_in_use());
         #[allow(clippy::cast_precision_loss)] // counts and byte totals far below 2^53
         self.record(|| {
             gauge!("peerpool_p2p_connections_active").set(conns.len() as f64);
@@ -164,6 +165,9 @@ impl Metrics {
             gauge!("peerpool_p2p_io_scheduler_current_outflow")
                 .set(f64::from(stats.io.current_outflow));
             gauge!("peerpool_p2p_connmgr_protected_peers").set(protected as f64);
+            // Memory held for connections, against its node-wide bounds.
+            gauge!("peerpool_p2p_buffer_received_bytes").set(received as f64);
+            gauge!("peerpool_p2p_buffer_outgoing_budget_bytes").set(outgoing as f64);
             counter!("peerpool_p2p_messages_received_total").absolute(stats.messages_received);
             counter!("peerpool_p2p_messages_sent_total").absolute(stats.messages_sent);
         });
