@@ -110,3 +110,74 @@ async fn control_messages_overtake_queued_application_messages() {
         "bootstrap seen after {at} of {queued} app messages"
     );
 }
+
+/// A message of `kib` KiB, tagged.
+fn sized(tag: u16, kib: usize) -> RawMessage {
+    RawMessage {
+        tag,
+        body: vec![0x5a; kib * 1024],
+    }
+}
+
+#[tokio::test]
+async fn peers_that_do_not_read_share_one_outgoing_budget_and_a_close_ends_a_wait_for_it() {
+    const GUARANTEED: usize = 64 * 1024;
+    const OUTGOING: usize = 256 * 1024;
+    let mut ca = config(1, "127.0.0.1");
+    ca.queues.outgoing_guaranteed_bytes = GUARANTEED;
+    ca.outgoing_budget_bytes = OUTGOING;
+    let a = start(ca).await;
+    let b = start(config(2, "127.0.0.2")).await;
+    let c = start(config(3, "127.0.0.3")).await;
+    a.handle.connect(Point::from(b.addr), None).await.unwrap();
+    a.handle.connect(Point::from(c.addr), None).await.unwrap();
+    let (b_id, c_id) = (b.handle.peer_id(), c.handle.peer_id());
+    // B does not read: what A has in flight to it stops at its guarantee and the budget
+    // (the default queues would take 16 MiB, and 8 MiB more in the scheduler).
+    fill(&a, &b).await;
+    let to_b = connected(&a.handle, b_id).await;
+    assert!(
+        to_b.queued_outgoing() <= GUARANTEED + OUTGOING,
+        "{} bytes in flight to B",
+        to_b.queued_outgoing()
+    );
+    assert!(a.handle.outgoing_budget_in_use() > 0);
+    // C gets its guarantee whatever B holds.
+    assert_exchange(&a.handle, &c.handle, 0x12).await;
+    // A message to C beyond its guarantee needs the budget B holds: the send waits, and
+    // closing the connection ends the wait.
+    let waiting = tokio::spawn({
+        let a = a.handle.clone();
+        async move { a.send(&c_id, &sized(0x13, 1024)).await }
+    });
+    // Counted in flight as soon as it waits for the budget.
+    let to_c = connected(&a.handle, c_id).await;
+    while to_c.queued_outgoing() < 1024 * 1024 {
+        assert!(
+            !waiting.is_finished(),
+            "the send did not wait for the budget"
+        );
+        tokio::task::yield_now().await;
+    }
+    a.handle.disconnect(c_id).await;
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("a send waiting for the budget outlived its connection's close")
+        .unwrap();
+    assert_eq!(sent, Err(peerpool::SendError::Closed));
+    // Once B reads, the bytes in flight to it are written and the budget comes back: a
+    // send to B that needs it goes through.
+    let from_a = connected(&b.handle, a.handle.peer_id()).await;
+    let reader = tokio::spawn(async move {
+        loop {
+            match from_a.recv().await {
+                Some(m) if m.tag == 0x14 => return m.body.len(),
+                Some(_) => {}
+                None => return 0,
+            }
+        }
+    });
+    a.handle.send(&b_id, &sized(0x14, 1024)).await.unwrap();
+    assert_eq!(reader.await.unwrap(), 1024 * 1024);
+    assert!(to_b.queued_outgoing() <= GUARANTEED + OUTGOING);
+}

@@ -258,8 +258,18 @@ impl<M: AppMessage> Connection<M> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        let reservation = self.shared.outgoing.reserve(bytes.len()).await;
-        let charge = self.shared.in_flight.charge(bytes.len()).await;
+        let len = bytes.len();
+        // The room may take long to come (the node-wide part can be held by peers that do
+        // not read): a close ends the wait.
+        let room = async {
+            let reservation = self.shared.outgoing.reserve(len).await;
+            (reservation, self.shared.in_flight.charge(len).await)
+        };
+        let (reservation, charge) = tokio::select! {
+            biased;
+            () = self.shared.closing.wait() => return Err(SendError::Closed),
+            room = room => room,
+        };
         self.shared
             .outbox
             .app(bytes, reservation, Some(charge))
