@@ -246,9 +246,10 @@ impl<M: AppMessage> Connection<M> {
     }
 
     /// Queues an application message, waiting while the queue is full (in messages or
-    /// bytes).
+    /// bytes), or while the node-wide outgoing budget lacks what this connection has in
+    /// flight beyond [`QueueConfig::outgoing_guaranteed_bytes`].
     ///
-    /// Errors: [`SendError::Closed`] once the connection is closed.
+    /// Errors: [`SendError::Closed`] once the connection is closed, waiting or not.
     pub async fn send(&self, message: &M) -> Result<(), SendError> {
         self.send_encoded(Arc::new(envelope(message))).await
     }
@@ -259,16 +260,15 @@ impl<M: AppMessage> Connection<M> {
             return Err(SendError::Closed);
         }
         let len = bytes.len();
-        // The room may take long to come (the node-wide part can be held by peers that do
-        // not read): a close ends the wait.
-        let room = async {
-            let reservation = self.shared.outgoing.reserve(len).await;
-            (reservation, self.shared.in_flight.charge(len).await)
+        // Room now, or a wait that a close ends (the node-wide part can be held long by
+        // peers that do not read).
+        let reservation = match self.shared.outgoing.try_reserve(len) {
+            Some(r) => r,
+            None => self.until_closed(self.shared.outgoing.reserve(len)).await?,
         };
-        let (reservation, charge) = tokio::select! {
-            biased;
-            () = self.shared.closing.wait() => return Err(SendError::Closed),
-            room = room => room,
+        let charge = match self.shared.in_flight.try_charge(len) {
+            Some(c) => c,
+            None => self.until_closed(self.shared.in_flight.charge(len)).await?,
         };
         self.shared
             .outbox
@@ -276,9 +276,22 @@ impl<M: AppMessage> Connection<M> {
             .await
     }
 
+    /// What `wait` gives, unless the connection closes first.
+    async fn until_closed<T>(
+        &self,
+        wait: impl std::future::Future<Output = T>,
+    ) -> Result<T, SendError> {
+        tokio::select! {
+            biased;
+            () = self.shared.closing.wait() => Err(SendError::Closed),
+            t = wait => Ok(t),
+        }
+    }
+
     /// Queues an application message without waiting.
     ///
-    /// Errors: [`TrySendError::Full`] (messages or bytes), [`TrySendError::Closed`].
+    /// Errors: [`TrySendError::Full`] (messages or bytes, or the node-wide outgoing budget
+    /// beyond this connection's guarantee), [`TrySendError::Closed`].
     pub fn try_send(&self, message: &M) -> Result<(), TrySendError> {
         self.try_send_encoded(Arc::new(envelope(message)))
     }
