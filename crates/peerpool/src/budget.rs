@@ -13,6 +13,7 @@
 //! hold up everyone else's small ones.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -39,6 +40,24 @@ pub struct ByteBudget {
     lane_total: usize,
     lane_request: usize,
     total: usize,
+    /// Requests too large for the lane waiting for the rest now.
+    large_waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a waiting request while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for ByteBudget {
@@ -86,7 +105,18 @@ impl ByteBudget {
             lane_total,
             lane_request,
             total,
+            large_waiting: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The largest request the small-message lane serves, bytes (0: no lane).
+    pub fn small_request(&self) -> usize {
+        self.lane_request
+    }
+
+    /// Whether a request too large for the lane is waiting for the budget now.
+    pub fn large_waiting(&self) -> bool {
+        self.large_waiting.load(Ordering::Relaxed) > 0
     }
 
     /// The budget's size, bytes.
@@ -141,6 +171,13 @@ impl ByteBudget {
         if n == 0 {
             return Reservation::empty();
         }
+        if let Ok(p) = self.shared.clone().try_acquire_many_owned(n) {
+            return Reservation {
+                shared: Some(p),
+                lane: None,
+            };
+        }
+        let _waiting = Waiting::new(&self.large_waiting);
         // The semaphore is never closed, so acquiring only fails if it were.
         Reservation {
             shared: self.shared.clone().acquire_many_owned(n).await.ok(),
@@ -245,6 +282,31 @@ impl Reservation {
 #[allow(clippy::unwrap_used)] // in tests a panic is the failure report
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_large_request_is_counted_while_it_waits_and_no_longer() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        // 1 MiB: a lane of 128 KiB for requests of at most 8 KiB.
+        let budget = ByteBudget::new(1 << 20);
+        assert_eq!(budget.small_request(), 8 << 10);
+        let held = budget.reserve(900 << 10).await;
+        assert!(!budget.large_waiting(), "served at once: never counted");
+        let mut cx = Context::from_waker(Waker::noop());
+        // A small request waits on the lane too: not counted.
+        let small = budget.reserve(4 << 10).await;
+        let mut large = Box::pin(budget.reserve(100 << 10));
+        assert!(large.as_mut().poll(&mut cx).is_pending());
+        assert!(budget.large_waiting());
+        drop(large);
+        assert!(!budget.large_waiting(), "a dropped wait is not counted");
+        let mut large = Box::pin(budget.reserve(100 << 10));
+        assert!(large.as_mut().poll(&mut cx).is_pending());
+        drop(held);
+        assert!(matches!(large.as_mut().poll(&mut cx), Poll::Ready(r) if r.bytes() == 100 << 10));
+        assert!(!budget.large_waiting());
+        drop(small);
+    }
 
     #[tokio::test]
     async fn reservations_come_back_when_dropped_or_released() {

@@ -165,7 +165,7 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             ),
             close_timeout: c.close_timeout,
             decisions: decisions_tx,
-            queues: c.queues,
+            queues: slow_rate_within_cap(c),
             totals: shared.totals.clone(),
             budget: shared.budget.clone(),
             outgoing: shared.outgoing.clone(),
@@ -221,5 +221,43 @@ impl<T: Transport, M: AppMessage, P: PeerMetadata> NodeBuilder<T, M, P> {
             owner.run().await;
         });
         Ok(Node { commands, shared })
+    }
+}
+
+/// The queue settings the connections use: with a download cap, the slowest rate a large
+/// message may arrive at is at most half of a connection's fair share of the cap, so a
+/// peer that the cap itself slows down is never taken for a slow sender.
+fn slow_rate_within_cap(c: &crate::config::NodeConfig) -> crate::connection::QueueConfig {
+    let mut queues = c.queues;
+    if let (Some(rate), Some(cap)) = (queues.slow_message_rate, c.io_scheduler.max_download_speed) {
+        let share = cap / (2 * c.pool.max_connections.max(1) as u64);
+        let share = usize::try_from(share).unwrap_or(usize::MAX).max(1);
+        queues.slow_message_rate = Some(rate.min(share));
+    }
+    queues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_cap_lowers_the_slow_message_rate_to_half_a_fair_share() {
+        use peerpool_proto::identity::{Identity, PowTarget};
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let target = PowTarget::new(0.0).expect("0 bits is a valid target");
+        let identity = Identity::generate(&target, &mut rng);
+        let mut c = crate::config::NodeConfig::new(Arc::new(identity), "TEZOS");
+        assert_eq!(slow_rate_within_cap(&c).slow_message_rate, Some(64 << 10));
+        // 1 MB/s shared by up to 100 connections: 10 000 B/s each, half of it.
+        c.io_scheduler.max_download_speed = Some(1_000_000);
+        c.pool.max_connections = 100;
+        assert_eq!(slow_rate_within_cap(&c).slow_message_rate, Some(5_000));
+        // A generous cap leaves the configured rate.
+        c.io_scheduler.max_download_speed = Some(1 << 40);
+        assert_eq!(slow_rate_within_cap(&c).slow_message_rate, Some(64 << 10));
+        c.queues.slow_message_rate = None;
+        assert_eq!(slow_rate_within_cap(&c).slow_message_rate, None);
     }
 }

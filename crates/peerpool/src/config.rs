@@ -290,6 +290,12 @@ impl TryFrom<NodeConfig> for ValidConfig {
              and <= 4 GiB - 1",
         )?;
         check(
+            q.slow_message_rate != Some(0),
+            "queues.slow_message_rate",
+            q.slow_message_rate,
+            ">= 1, or None",
+        )?;
+        check(
             (1..=crate::budget::MAX_BUDGET).contains(&c.outgoing_budget_bytes),
             "outgoing_budget_bytes",
             c.outgoing_budget_bytes,
@@ -365,6 +371,15 @@ mod tests {
                 })
             ));
         }
+        let mut c = config();
+        c.queues.slow_message_rate = Some(0);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "queues.slow_message_rate",
+                ..
+            })
+        ));
         let mut c = config();
         c.outgoing_budget_bytes = 1;
         c.queues.outgoing_guaranteed_bytes = 0;

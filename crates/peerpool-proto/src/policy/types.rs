@@ -87,6 +87,9 @@ pub enum DisconnectReason {
     Evicted,
     /// Dropped after a swap replaced it (`Peer_swapped`, BEHAVIOUR.md §7.4).
     Swapped,
+    /// A large message arrived so slowly that it held its share of the node's receive
+    /// budget past its deadline while other large messages waited for it (not in octez).
+    SlowMessage,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -103,6 +106,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::TooManyConnections => "too many connections",
             DisconnectReason::Evicted => "evicted",
             DisconnectReason::Swapped => "swapped",
+            DisconnectReason::SlowMessage => "message too slow",
         })
     }
 }

@@ -140,6 +140,19 @@ pub struct QueueConfig {
     /// [`AppMessage::MAX_SIZE`]. A longer length is refused at its 4-byte prefix.
     /// Default 8 MiB.
     pub max_message_bytes: usize,
+    /// The slowest a large message may arrive, bytes per second, once its reservation is
+    /// granted. A message too large for the receive budget's small-message lane (over
+    /// 64 KiB) is reserved whole at its prefix; if it is still incomplete
+    /// `slow_message_grace + size / slow_message_rate` after that, while other large
+    /// messages wait for the budget, the connection is closed
+    /// ([`DisconnectReason::SlowMessage`], nothing greylisted): a peer trickling a large
+    /// message cannot hold the budget other peers' large messages need (issue 11).
+    /// Default 64 KiB/s; `None`: never. With a download cap, the node uses at most a half
+    /// of each connection's fair share of it (`cap / (2 × max_connections)`). ≥ 1.
+    pub slow_message_rate: Option<usize>,
+    /// The time a large message is given on top of `size / slow_message_rate` (default
+    /// 10 s).
+    pub slow_message_grace: std::time::Duration,
 }
 
 impl Default for QueueConfig {
@@ -151,6 +164,8 @@ impl Default for QueueConfig {
             outgoing_app_bytes: 16 * 1024 * 1024,
             outgoing_control_messages: 16,
             outgoing_guaranteed_bytes: 1024 * 1024,
+            slow_message_rate: Some(64 * 1024),
+            slow_message_grace: std::time::Duration::from_secs(10),
             max_message_bytes: 8 * 1024 * 1024,
         }
     }
@@ -469,6 +484,7 @@ where
             inbox: wiring.inbox,
             budget: wiring.budget,
             notices: wiring.notices,
+            slow: q.slow_message_rate.map(|rate| (q.slow_message_grace, rate)),
         },
         wiring.linger,
         shared.clone(),

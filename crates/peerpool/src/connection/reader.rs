@@ -15,12 +15,50 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Where the reader delivers.
 pub(super) struct Sinks<M> {
     pub inbox: Arc<Inbox<M>>,
     pub budget: ByteBudget,
     pub notices: mpsc::Sender<Notice>,
+    /// The slowest a large message may arrive once reserved: `(grace, bytes per second)`
+    /// (`QueueConfig::slow_message_rate`).
+    pub slow: Option<(Duration, usize)>,
+}
+
+/// How often a large message past its deadline checks again whether others wait.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// When a large message of `bytes`, reserved now, must be complete.
+fn deadline(slow: Option<(Duration, usize)>, bytes: usize) -> Option<Instant> {
+    let (grace, rate) = slow?;
+    let millis = (bytes as u64).saturating_mul(1000) / rate.max(1) as u64;
+    Instant::now().checked_add(grace.saturating_add(Duration::from_millis(millis)))
+}
+
+/// `read`, unless `deadline` passes while a large message waits for `budget` (checked at
+/// the deadline, then every [`RECHECK`]): then the connection is closed as too slow.
+async fn or_too_slow(
+    read: impl Future<Output = Result<(), CloseReason>>,
+    deadline: Instant,
+    budget: &ByteBudget,
+) -> Result<(), CloseReason> {
+    let expired = async {
+        let mut at = deadline;
+        loop {
+            tokio::time::sleep_until(at).await;
+            if budget.large_waiting() {
+                return;
+            }
+            at = Instant::now() + RECHECK;
+        }
+    };
+    tokio::select! {
+        biased;
+        r = read => r,
+        () = expired => Err(CloseReason::Local(DisconnectReason::SlowMessage)),
+    }
 }
 
 fn io_reason(e: io::Error) -> CloseReason {
@@ -145,6 +183,31 @@ async fn read_exact_or_idle<R: AsyncRead + Unpin>(
     .map(|_| ())
 }
 
+/// Reads the next chunk into `chunk`. While the peer is quiet, holds no buffer: the
+/// chunk's, and the decoder's unless it holds part of a message (a burst of large messages
+/// left them large).
+async fn read_chunk<R: AsyncRead + Unpin>(
+    input: &mut R,
+    chunk: &mut Vec<u8>,
+    decoder: &mut MessageDecoder,
+    max_len: usize,
+) -> Result<(), CloseReason> {
+    let mut header = [0u8; 2];
+    let idle = || {
+        *chunk = Vec::new();
+        if decoder.buffered() == 0 {
+            *decoder = MessageDecoder::new(max_len);
+        }
+    };
+    read_exact_or_idle(input, &mut header, idle)
+        .await
+        .map_err(io_reason)?;
+    let len = ChunkOpener::chunk_len(header).map_err(CloseReason::Protocol)?;
+    chunk.resize(len, 0);
+    input.read_exact(chunk).await.map_err(io_reason)?;
+    Ok(())
+}
+
 /// Reads until an error or Disconnect; returns why it stopped. Messages longer than
 /// `max_len` bytes are refused at their prefix.
 async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
@@ -159,27 +222,23 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
     let mut chunk = Vec::new();
     // The reservation of the message being assembled.
     let mut held = Reservation::empty();
+    // When the large message being assembled must be complete, if others wait for the
+    // budget (`QueueConfig::slow_message_rate`).
+    let mut due: Option<Instant> = None;
     loop {
-        let mut header = [0u8; 2];
-        // While the peer is quiet, hold no buffer: the chunk's, and the decoder's unless
-        // it holds part of a message (a burst of large messages left them large).
-        let idle = || {
-            chunk = Vec::new();
-            if decoder.buffered() == 0 {
-                decoder = MessageDecoder::new(max_len);
+        let read = match due {
+            None => read_chunk(input, &mut chunk, &mut decoder, max_len).await,
+            Some(at) => {
+                // Boxed: only a connection in the middle of a large message pays for it.
+                let read = read_chunk(input, &mut chunk, &mut decoder, max_len);
+                let raced = Box::pin(or_too_slow(read, at, &sinks.budget));
+                raced.await
             }
         };
-        if let Err(e) = read_exact_or_idle(input, &mut header, idle).await {
-            return io_reason(e);
+        if let Err(reason) = read {
+            return reason;
         }
-        let len = match ChunkOpener::chunk_len(header) {
-            Ok(len) => len,
-            Err(e) => return CloseReason::Protocol(e),
-        };
-        chunk.resize(len, 0);
-        if let Err(e) = input.read_exact(&mut chunk).await {
-            return io_reason(e);
-        }
+        let len = chunk.len();
         shared
             .stats
             .bytes_in
@@ -198,6 +257,7 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
                 Ok(m) => m,
                 Err(e) => return CloseReason::Protocol(e.into()),
             };
+            due = None;
             shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
             shared.totals.received.fetch_add(1, Ordering::Relaxed);
             // The whole message is accounted for, reserved at its prefix or now.
@@ -240,6 +300,9 @@ async fn read_loop<M: AppMessage, R: AsyncRead + Unpin>(
             let want = n.saturating_add(4);
             if held.bytes() < want {
                 held.merge(reserve(&sinks.budget, want - held.bytes()).await);
+                if want > sinks.budget.small_request() {
+                    due = deadline(sinks.slow, want);
+                }
             }
         }
     }
