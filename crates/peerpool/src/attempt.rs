@@ -140,11 +140,13 @@ async fn run<S: TransportStream, M: AppMessage>(
     connect: impl Future<Output = Result<S, ConnectError>>,
     ctx: AttemptContext<M>,
 ) -> Step<M> {
+    // The handshake runs on the raw stream: its messages go out from this task, with no
+    // hop through the scheduler's writer task each. Its bytes are counted, and recorded in
+    // the scheduler once the stream is registered at the Ack, or as unattached bytes if
+    // the attempt ends before.
+    let moved = Arc::new(socket::Moved::default());
     let handshake = async {
-        // The handshake runs on the raw stream: its messages go out from this task, with no
-        // hop through the scheduler's writer task each. Its bytes are counted and recorded
-        // in the scheduler once the stream is registered, at the Ack.
-        let stream = socket::Counted::new(connect.await?);
+        let stream = socket::Counted::new(connect.await?, moved.clone());
         let auth =
             socket::authenticate(stream, ctx.handshake.clone(), a.direction, a.nonce).await?;
         let (reply, decision) = oneshot::channel();
@@ -173,7 +175,8 @@ async fn run<S: TransportStream, M: AppMessage>(
                     .scheduler
                     .register(stream.inner)
                     .map_err(|e| ConnectError::Scheduler(Arc::new(e)))?;
-                scheduled.record_moved(stream.written, stream.read);
+                let (written, read) = moved.get();
+                scheduled.record_moved(written, read);
                 let stream = ScheduledStream::new(scheduled, ctx.close_timeout);
                 let io = stream.writer().clone();
                 Ok((
@@ -204,7 +207,13 @@ async fn run<S: TransportStream, M: AppMessage>(
         .unwrap_or(Err(ConnectError::Timeout(a.timeout)));
     match r {
         Ok((established, io)) => start(a, established, io, &ctx),
-        Err(error) => Step::Failed { id: a.id, error },
+        Err(error) => {
+            let (written, read) = moved.get();
+            if written > 0 || read > 0 {
+                ctx.scheduler.record_unattached(written, read);
+            }
+            Step::Failed { id: a.id, error }
+        }
     }
 }
 

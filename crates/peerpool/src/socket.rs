@@ -201,24 +201,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Authenticated<S> {
     }
 }
 
+/// Bytes a [`Counted`] stream has moved, readable once the stream is gone (an attempt
+/// that fails drops its stream with its error).
+#[derive(Debug, Default)]
+pub(crate) struct Moved {
+    pub(crate) read: std::sync::atomic::AtomicU64,
+    pub(crate) written: std::sync::atomic::AtomicU64,
+}
+
+impl Moved {
+    /// `(written, read)` so far.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.written.load(Relaxed), self.read.load(Relaxed))
+    }
+}
+
 /// A byte stream that counts the bytes read from it and written to it (the handshake's,
 /// which runs before the stream is handed to the I/O scheduler; see
-/// `ScheduledConnection::record_moved`).
+/// `ScheduledConnection::record_moved` and `IoScheduler::record_unattached`).
 #[derive(Debug)]
 pub(crate) struct Counted<S> {
     pub(crate) inner: S,
-    /// Bytes read, bytes written.
-    pub(crate) read: u64,
-    pub(crate) written: u64,
+    moved: std::sync::Arc<Moved>,
 }
 
 impl<S> Counted<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Counted {
-            inner,
-            read: 0,
-            written: 0,
-        }
+    pub(crate) fn new(inner: S, moved: std::sync::Arc<Moved>) -> Self {
+        Counted { inner, moved }
     }
 }
 
@@ -230,7 +240,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        self.moved
+            .read
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         r
     }
 }
@@ -243,7 +256,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
+            self.moved
+                .written
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         r
     }

@@ -313,3 +313,26 @@ async fn deprecated_version() {
     );
     h.assert_node_healthy().await;
 }
+
+/// The bytes of a handshake that fails before its stream is registered with the I/O
+/// scheduler still count in the node's totals (and against its global caps).
+#[tokio::test]
+async fn a_failed_handshake_counts_in_the_io_totals() {
+    let node = start(config(150, "127.0.0.1")).await;
+    let mut events = node.handle.events();
+    let before = node.handle.stats().await.io;
+    assert_eq!((before.total_sent, before.total_recv), (0, 0));
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    let mut garbage = vec![0x00, 0x20];
+    garbage.extend_from_slice(&[0xab; 32]);
+    s.write_all(&garbage).await.unwrap();
+    let e = next_handshake_error(&mut events).await;
+    assert!(matches!(
+        handshake_failure(&e),
+        HandshakeError::InvalidConnectionMessage(_)
+    ));
+    let after = node.handle.stats().await.io;
+    // The 34 bytes read, and the node's own connection message, sent first.
+    assert_eq!(after.total_recv, garbage.len() as u64);
+    assert!(after.total_sent > 0, "{after:?}");
+}

@@ -161,6 +161,14 @@ impl Lane {
 
     /// Counts `n` bytes of `id`: buckets, quota, moving averages. Leaves any waiting request
     /// of `id` alone.
+    /// Counts `n` bytes that moved outside any connection: the global bucket and average.
+    pub(super) fn count_unattached(&mut self, n: u64) {
+        if let Some(b) = self.bucket.as_mut() {
+            b.take(n);
+        }
+        self.avg.add(n);
+    }
+
     pub(super) fn count(&mut self, id: ConnId, n: u64) {
         if let Some(b) = self.bucket.as_mut() {
             b.take(n);

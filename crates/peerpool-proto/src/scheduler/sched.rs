@@ -221,6 +221,16 @@ impl Scheduler {
         lane.count(id, bytes);
     }
 
+    /// Counts `bytes` that moved in `direction` outside any connection (a handshake that
+    /// ended before its stream was registered): in the global totals and rates, and
+    /// charged to the global cap, as [`Scheduler::record`] does for a connection.
+    pub fn record_unattached(&mut self, direction: Direction, bytes: u64, now: Duration) {
+        self.handle_timeout(now);
+        let lane = self.lane_mut(direction);
+        lane.refill(now);
+        lane.count_unattached(bytes);
+    }
+
     /// Withdraws a waiting request of `id` in `direction`, if any.
     pub fn cancel(&mut self, id: ConnId, direction: Direction) {
         self.lane_mut(direction).cancel(id);

@@ -46,6 +46,23 @@ fn saturate(s: &mut Scheduler, ids: &[ConnId], skip: u64, secs: u64) -> Vec<u64>
 }
 
 #[test]
+fn unattached_bytes_count_in_the_totals_and_against_the_global_cap() {
+    let mut s = capped(1000);
+    let a = ConnId(1);
+    s.add_connection(a);
+    // More than the bucket's burst: it goes into debt.
+    s.record_unattached(Direction::Recv, 1 << 20, Duration::ZERO);
+    s.record_unattached(Direction::Send, 300, Duration::ZERO);
+    let g = s.global_stat();
+    assert_eq!((g.total_recv, g.total_sent), (1 << 20, 300));
+    assert_eq!(s.stat(a).expect("known").total_recv, 0, "no connection's");
+    // The global bucket paid for them: a connection's request waits.
+    assert!(!s
+        .request(a, Direction::Recv, 100, Duration::ZERO)
+        .expect("known"));
+}
+
+#[test]
 fn uncapped_requests_are_granted_at_once() {
     let mut s = Scheduler::new(SchedulerConfig::default(), Duration::ZERO).expect("valid");
     s.add_connection(ConnId(1));

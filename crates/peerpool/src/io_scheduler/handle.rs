@@ -249,6 +249,16 @@ impl IoScheduler {
         })
     }
 
+    /// Counts bytes that a stream moved before it could be registered and never will be
+    /// (the handshake of an attempt that failed or was refused): they show in
+    /// [`IoScheduler::global_stat`] and are charged to the global caps.
+    pub fn record_unattached(&self, sent: u64, received: u64) {
+        let now = self.shared.now();
+        let mut core = lock(&self.shared.core);
+        core.sched.record_unattached(Direction::Send, sent, now);
+        core.sched.record_unattached(Direction::Recv, received, now);
+    }
+
     /// Totals and current flows of the whole scheduler, including closed connections'
     /// bytes (octez `global_stat`).
     pub fn global_stat(&self) -> Stat {
