@@ -147,16 +147,7 @@ impl Events {
     /// Errors: [`EventError::Lagged`] (then go on reading), [`EventError::Closed`].
     pub async fn recv(&mut self) -> Result<NodeEvent, EventError> {
         let ring = self.sub.ring.clone();
-        loop {
-            let notified = ring.wake.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so an event sent in between is not missed.
-            notified.as_mut().enable();
-            if let Some(next) = self.try_recv() {
-                return next;
-            }
-            notified.await;
-        }
+        crate::notify::wait_until(&ring.wake, || self.try_recv()).await
     }
 
     /// The next event if one is waiting.

@@ -112,6 +112,7 @@ pub mod transport;
 mod attempt;
 mod builder;
 mod inbox;
+mod notify;
 mod owner;
 mod shared;
 mod welcome;

@@ -159,8 +159,6 @@ impl Lane {
         }
     }
 
-    /// Counts `n` bytes of `id`: buckets, quota, moving averages. Leaves any waiting request
-    /// of `id` alone.
     /// Counts `n` bytes that moved outside any connection: the global bucket and average.
     pub(super) fn count_unattached(&mut self, n: u64) {
         if let Some(b) = self.bucket.as_mut() {
@@ -169,11 +167,10 @@ impl Lane {
         self.avg.add(n);
     }
 
+    /// Counts `n` bytes of `id`: buckets, quota, moving averages. Leaves any waiting request
+    /// of `id` alone.
     pub(super) fn count(&mut self, id: ConnId, n: u64) {
-        if let Some(b) = self.bucket.as_mut() {
-            b.take(n);
-        }
-        self.avg.add(n);
+        self.count_unattached(n);
         if let Some(c) = self.conns.get_mut(&id) {
             if let Some(b) = c.cap.as_mut() {
                 b.take(n);

@@ -91,6 +91,10 @@ impl Closing {
 
     /// Returns what `ready` gives once it gives something (checked at once, then at every
     /// change).
+    ///
+    /// Written out rather than through `crate::notify::wait_until`: every connection's
+    /// reader and writer hold this future for their whole life, and the closure-based one
+    /// measured 129 bytes more per connection end (`conn_memory -- heap`).
     async fn wait_until<T>(&self, ready: impl Fn(&State) -> Option<T>) -> T {
         loop {
             let notified = self.wake.notified();

@@ -155,16 +155,7 @@ impl Outbox {
 
     /// Waits for the next message, control first (the writer is the only caller).
     pub(super) async fn next(&self) -> (Encoded, Option<Charge>) {
-        loop {
-            let notified = self.ready.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a message queued in between is not missed.
-            notified.as_mut().enable();
-            if let Some(m) = self.try_next() {
-                return m;
-            }
-            notified.await;
-        }
+        crate::notify::wait_until(&self.ready, || self.try_next()).await
     }
 
     /// Closes the queues (the writer is gone): queued messages are dropped, their

@@ -176,16 +176,10 @@ impl Flag {
 
     /// Returns once the flag is set (at once if it is).
     pub(super) async fn wait(&self) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a `set` in between is not missed.
-            notified.as_mut().enable();
-            if self.set.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        crate::notify::wait_until(&self.wake, || {
+            self.set.load(Ordering::Acquire).then_some(())
+        })
+        .await;
     }
 }
 

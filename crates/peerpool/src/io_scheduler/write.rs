@@ -44,15 +44,15 @@ impl ConnShared {
     }
 
     async fn write(&self, data: Bytes, max: usize) -> Result<(), IoSchedulerError> {
-        loop {
-            let notified = self.write_room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.push_write(data.clone(), max)? {
-                return Ok(());
+        // Queued (`Ok`) or closed (`Err`) ends the wait; a full queue waits for room.
+        crate::notify::wait_until(&self.write_room, || {
+            match self.push_write(data.clone(), max) {
+                Ok(false) => None,
+                Ok(true) => Some(Ok(())),
+                Err(e) => Some(Err(e)),
             }
-            notified.await;
-        }
+        })
+        .await
     }
 
     pub(super) fn close_write(&self) {

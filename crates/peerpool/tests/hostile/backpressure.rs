@@ -9,6 +9,45 @@ use std::net::IpAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// What a repeated broadcast did: messages queued, refused by the peers that do not read,
+/// refused by the honest ones.
+struct Sent {
+    sent: usize,
+    refused: usize,
+    honest_refused: usize,
+}
+
+/// Sends `msg` to every connection of the node under test each 10 ms for `hold`, one
+/// connection at a time to count the refusals of each; `after_each` runs after every round.
+async fn broadcast_every_10ms(
+    b: &Bench,
+    msg: &RawMessage,
+    honest: &HashSet<PeerId>,
+    hold: Duration,
+    mut after_each: impl FnMut(&Bench),
+) -> Sent {
+    let mut out = Sent {
+        sent: 0,
+        refused: 0,
+        honest_refused: 0,
+    };
+    let t0 = Instant::now();
+    let mut next = t0;
+    while next < t0 + hold {
+        for c in b.node.handle.connections() {
+            match c.try_send(msg) {
+                Ok(()) => out.sent += 1,
+                Err(_) if honest.contains(&c.info().peer_id) => out.honest_refused += 1,
+                Err(_) => out.refused += 1,
+            }
+        }
+        after_each(b);
+        next += Duration::from_millis(10);
+        tokio::time::sleep_until(next).await;
+    }
+    out
+}
+
 /// Five sessions never read while the node's application broadcasts 64 KiB to every peer
 /// each 10 ms. Their outgoing queues fill (here 1 MiB of messages, and 1 MiB of sealed
 /// chunks in the I/O scheduler's write queue) and refuse further messages
@@ -34,19 +73,13 @@ async fn a_peer_that_stops_reading() {
         body: vec![0x33; 64 << 10],
     };
     let honest: HashSet<PeerId> = b.honest_ids().into_iter().collect();
-    let (mut sent, mut refused, mut honest_refused) = (0, 0, 0);
     let mut full_after = None;
     let t0 = Instant::now();
-    let mut next = t0;
-    while next < t0 + HOLD {
-        // A broadcast, one connection at a time to count the refusals of each.
-        for c in b.node.handle.connections() {
-            match c.try_send(&msg) {
-                Ok(()) => sent += 1,
-                Err(_) if honest.contains(&c.info().peer_id) => honest_refused += 1,
-                Err(_) => refused += 1,
-            }
-        }
+    let Sent {
+        sent,
+        refused,
+        honest_refused,
+    } = broadcast_every_10ms(&b, &msg, &honest, HOLD, |b| {
         if full_after.is_none()
             && ids
                 .iter()
@@ -54,9 +87,8 @@ async fn a_peer_that_stops_reading() {
         {
             full_after = Some(t0.elapsed());
         }
-        next += Duration::from_millis(10);
-        tokio::time::sleep_until(next).await;
-    }
+    })
+    .await;
     let during = b.during(w).await;
     let full_after = full_after.expect("the queues of the peers that do not read never filled");
     let peers = b.node.handle.greylisted_peers().await;
@@ -124,28 +156,24 @@ async fn peers_that_stop_reading_share_one_outgoing_budget() {
         body: vec![0x34; 64 << 10],
     };
     let honest: HashSet<PeerId> = b.honest_ids().into_iter().collect();
-    let (mut sent, mut refused, mut honest_refused) = (0, 0, 0);
     let (mut most_in_flight, mut most_from_budget) = (0, 0);
-    let t0 = Instant::now();
-    let mut next = t0;
-    while next < t0 + HOLD {
-        let mut in_flight = 0;
-        for c in b.node.handle.connections() {
-            let stalled = ids.contains(&c.info().peer_id);
-            match c.try_send(&msg) {
-                Ok(()) => sent += 1,
-                Err(_) if honest.contains(&c.info().peer_id) => honest_refused += 1,
-                Err(_) => refused += 1,
-            }
-            if stalled {
-                in_flight += c.queued_outgoing();
-            }
-        }
+    let Sent {
+        sent,
+        refused,
+        honest_refused,
+    } = broadcast_every_10ms(&b, &msg, &honest, HOLD, |b| {
+        let in_flight: usize = b
+            .node
+            .handle
+            .connections()
+            .iter()
+            .filter(|c| ids.contains(&c.info().peer_id))
+            .map(|c| c.queued_outgoing())
+            .sum();
         most_in_flight = most_in_flight.max(in_flight);
         most_from_budget = most_from_budget.max(b.node.handle.outgoing_budget_in_use());
-        next += Duration::from_millis(10);
-        tokio::time::sleep_until(next).await;
-    }
+    })
+    .await;
     let during = b.during(w).await;
     eprintln!(
         "[outgoing budget] broadcasts of 64 KiB to {} peers for {HOLD:?}: {sent} queued, {refused} refused by the {STALLED} that do not read, {honest_refused} by the honest ones; in flight to those {STALLED} at most {} KiB (bound {} KiB), node-wide budget used at most {} of {} KiB",

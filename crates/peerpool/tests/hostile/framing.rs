@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How long the hostile sessions hold the node in the tests below.
@@ -140,27 +141,13 @@ async fn messages_announced_far_longer_than_the_maximum_from_100_connections() {
     b.finish().await;
 }
 
-/// 100 sessions at once each start a maximal message (1 MiB, the application's maximum)
-/// and send its body very slowly. The node reserves each message from its budget before
-/// buffering its body, so at most five are being read at a time and the rest wait
-/// unread: the node's buffered bytes stay within its message share throughout. A slow
-/// peer is not a faulty one (BEHAVIOUR.md §5): when the attackers leave, their
-/// connections close with EOF and nobody is greylisted (the attack is shorter than the
-/// slow-message deadline, 26 s for 1 MiB by default). The honest peers' small messages,
-/// which need the same budget, keep flowing meanwhile through its small-message lane
-/// (docs/RELIABILITY.md §2).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn maximal_messages_sent_slowly_from_100_connections() {
-    const N: usize = 100;
-    /// Plaintext bytes per chunk, and chunks per second, of each slow sender.
+/// Each attacker starts a maximal message (its length and tag) and sends its body a 1 KiB
+/// chunk every 100 ms until `stop` or until the node closes the connection; each task
+/// gives back its attacker and the bytes it wrote.
+fn trickle(attackers: Vec<Attacker>, stop: Instant) -> Vec<JoinHandle<(Attacker, u64)>> {
     const SLICE: usize = 1024;
     const PERIOD: Duration = Duration::from_millis(100);
-    let mut b = Bench::start("slow maximal message", 23, 3, |_| {}).await;
-    let attackers = b.sessions(4, 2300, N).await;
-    b.measure_before().await;
-    let w = b.window();
-    let stop = Instant::now() + HOLD;
-    let senders: Vec<_> = attackers
+    attackers
         .into_iter()
         .map(|mut a| {
             tokio::spawn(async move {
@@ -184,7 +171,26 @@ async fn maximal_messages_sent_slowly_from_100_connections() {
                 (a, sent)
             })
         })
-        .collect();
+        .collect()
+}
+
+/// 100 sessions at once each start a maximal message (1 MiB, the application's maximum)
+/// and send its body very slowly. The node reserves each message from its budget before
+/// buffering its body, so at most five are being read at a time and the rest wait
+/// unread: the node's buffered bytes stay within its message share throughout. A slow
+/// peer is not a faulty one (BEHAVIOUR.md §5): when the attackers leave, their
+/// connections close with EOF and nobody is greylisted (the attack is shorter than the
+/// slow-message deadline, 26 s for 1 MiB by default). The honest peers' small messages,
+/// which need the same budget, keep flowing meanwhile through its small-message lane
+/// (docs/RELIABILITY.md §2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximal_messages_sent_slowly_from_100_connections() {
+    const N: usize = 100;
+    let mut b = Bench::start("slow maximal message", 23, 3, |_| {}).await;
+    let attackers = b.sessions(4, 2300, N).await;
+    b.measure_before().await;
+    let w = b.window();
+    let senders = trickle(attackers, Instant::now() + HOLD);
     let mut attackers = Vec::new();
     let mut sent = 0;
     for s in senders {
@@ -246,8 +252,6 @@ async fn maximal_messages_sent_slowly_from_100_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_message_gets_past_slow_senders_holding_the_budget() {
     const N: usize = 10;
-    const SLICE: usize = 1024;
-    const PERIOD: Duration = Duration::from_millis(100);
     const TRICKLE: Duration = Duration::from_secs(15);
     const LARGE: usize = 512 << 10;
     let mut b = Bench::start("slow senders cut", 25, 3, |c| {
@@ -260,28 +264,7 @@ async fn a_large_message_gets_past_slow_senders_holding_the_budget() {
     let ips: Vec<IpAddr> = attackers.iter().map(|a| IpAddr::V4(a.ip)).collect();
     b.measure_before().await;
     let w = b.window();
-    let stop = Instant::now() + TRICKLE;
-    let senders: Vec<_> = attackers
-        .into_iter()
-        .map(|mut a| {
-            tokio::spawn(async move {
-                let mut first = (MAX_MESSAGE as u32).to_be_bytes().to_vec();
-                first.extend_from_slice(&0x200u16.to_be_bytes());
-                let mut wire = Vec::new();
-                a.est.session.sealer.seal_chunk(&first, &mut wire);
-                let mut next = Instant::now();
-                while next < stop {
-                    if a.est.stream.write_all(&wire).await.is_err() {
-                        break;
-                    }
-                    wire.clear();
-                    a.est.session.sealer.seal_chunk(&[0x77; SLICE], &mut wire);
-                    next += PERIOD;
-                    tokio::time::sleep_until(next).await;
-                }
-            })
-        })
-        .collect();
+    let senders = trickle(attackers, Instant::now() + TRICKLE);
     // Five messages reserved (the large part of the 6 MiB share holds five of 1 MiB).
     let node = b.node.handle.clone();
     tokio::time::timeout(LIMIT, async {
